@@ -99,11 +99,13 @@ def test_off_centre_ellipsoid_keeps_axis_order():
   mesh = mesh_lib.extract_mesh(ellipsoid_density(center, radii, width=0.04), red_blue_albedo,
                                resolution=64, bound=1.0, threshold=100.0)
   voxel = 2.0 / 64
-  # The extreme vertices lie within a voxel of the ellipsoid's extreme points center +- radii.
-  np.testing.assert_allclose(mesh.vertices.min(axis=0), center - radii, atol=voxel)
-  np.testing.assert_allclose(mesh.vertices.max(axis=0), center + radii, atol=voxel)
+  # The extreme vertices lie near the ellipsoid's extreme points center +- radii (measured
+  # within 0.08 voxel; a swapped axis or a half-voxel offset breaks the 0.25 voxel bound).
+  np.testing.assert_allclose(mesh.vertices.min(axis=0), center - radii, atol=0.25 * voxel)
+  np.testing.assert_allclose(mesh.vertices.max(axis=0), center + radii, atol=0.25 * voxel)
+  # Measured deficit 0.6 % (the 0.2 radius is only 6.4 voxels).
   np.testing.assert_allclose(as_trimesh(mesh).volume, 4.0 / 3.0 * np.pi * np.prod(radii),
-                             rtol=0.02)
+                             rtol=0.01)
 
 
 def test_object_cut_by_the_bound_is_still_watertight():
