@@ -16,15 +16,15 @@ How the train loop uses them::
   prepare_workdir(workdir, config.to_json(), allow_config_change=flag)
   checkpointer = Checkpointer(workdir, save_every=..., keep=...)
   if checkpointer.latest_step() is not None:
-    state = checkpointer.restore(abstract_like(state))   # keeps shardings and optax types
+    state = checkpointer.restore(abstract_like(state))  # keeps shardings, optax types
   stop = install_sigterm_handler()
   for step in range(int(state.step), num_steps):
     state, metrics = train_step(state, ...)
-    checkpointer.save(step + 1, state)                     # no-op unless (step + 1) % save_every == 0
+    checkpointer.save(step + 1, state)  # a no-op unless (step + 1) % save_every == 0
     if stop.requested or checkpointer.reached_preemption(step + 1):
       checkpointer.save(step + 1, state, force=True)
       break
-  checkpointer.close()                                     # waits for the last async save
+  checkpointer.close()                # waits for the last asynchronous save
 
 Multi-host (several processes after `jax.distributed.initialize`): every process must save at
 the same step, but SIGTERM reaches the hosts at different times, so a local flag cannot decide.
@@ -312,7 +312,8 @@ class Checkpointer:
                        "meta": ocp.JsonCheckpointHandler()})
 
   def latest_step(self) -> int | None:
-    """The step of the newest complete checkpoint, or None when there is none."""
+    """The newest checkpoint's step (one this process is still writing included; never an
+    interrupted save of an earlier run), or None when there is none."""
     return self._manager.latest_step()
 
   def all_steps(self) -> list[int]:
