@@ -118,7 +118,13 @@ def resample_intervals(key: jax.Array, t_edges: jax.Array, weights: jax.Array,
   Returns:
     [..., num_samples + 1] sorted edges spanning [t_edges[0], t_edges[-1]].
   """
-  weights = jax.lax.stop_gradient(weights) + padding
+  # Max over each pair of neighbouring bins, then average (Mip-NeRF §3.2, "blurpool"): the
+  # midpoint rule credits an opaque surface to the bin after the one it lies in, and this
+  # spreads weight to the neighbours so the surface's own bin is sampled too.
+  weights = jax.lax.stop_gradient(weights)
+  padded = jnp.concatenate([weights[..., :1], weights, weights[..., -1:]], axis=-1)
+  pair_max = jnp.maximum(padded[..., :-1], padded[..., 1:])
+  weights = 0.5 * (pair_max[..., :-1] + pair_max[..., 1:]) + padding
   pdf = weights / jnp.sum(weights, axis=-1, keepdims=True)
   cdf = jnp.concatenate([jnp.zeros_like(pdf[..., :1]),
                          jnp.minimum(1.0, jnp.cumsum(pdf[..., :-1], axis=-1)),
