@@ -251,7 +251,8 @@ def retrieval_hits(image_embeds, text_embeds, true_index) -> np.ndarray:
   image_embeds, text_embeds = np.asarray(image_embeds), np.asarray(text_embeds)
   true_index = np.asarray(true_index)
   if (image_embeds.ndim != 2 or text_embeds.ndim != 2
-      or image_embeds.shape[1] != text_embeds.shape[1] or true_index.shape != image_embeds.shape[:1]):
+      or image_embeds.shape[1] != text_embeds.shape[1]
+      or true_index.shape != image_embeds.shape[:1]):
     raise ValueError(f"retrieval needs image_embeds [M, D], text_embeds [C, D] and true_index "
                      f"[M], got {image_embeds.shape}, {text_embeds.shape} and {true_index.shape}")
   if np.any((true_index < 0) | (true_index >= len(text_embeds))):

@@ -2,8 +2,8 @@
 
 The reference is transformers' PyTorch CLIPModel with its own CLIPImageProcessor and tokenizer:
 the model is saved in Flax format, loaded through load_clip and, as the reference, into
-PyTorch, and the normalised embeddings must agree, which checks tokenisation, image resizing / normalisation / channel
-order and pooling end to end.
+PyTorch, and the normalised embeddings must agree, which checks tokenisation, image resizing,
+normalisation, channel order and pooling end to end.
 """
 import json
 import shutil
