@@ -1,8 +1,8 @@
 """Mesh export: marching cubes on the learned density field.
 
-After optimisation DreamFusion turns its volumetric model into a mesh by running marching cubes
-(Lorensen & Cline 1987) on the density tau (arXiv:2209.14988, §4 and the "After optimisation"
-paragraph of the paper). This module samples tau on a regular grid, extracts the iso-surface
+DreamFusion (arXiv:2209.14988) exports its optimised NeRFs as meshes with marching cubes
+(Lorensen & Cline 1987) on the volume density tau, for use in ordinary 3D renderers.
+This module samples tau on a regular grid, extracts the iso-surface
 {x : tau(x) = threshold} with PyMCubes, colours every vertex with the field's albedo there, and
 writes PLY / GLB / OBJ files with vertex colours through trimesh.
 
