@@ -1,0 +1,266 @@
+"""Tests of the Stable Diffusion prior on tiny random pipelines.
+
+References: diffusers' and transformers' PyTorch models (the torch-free safetensors conversion
+must reproduce their outputs), the closed form of the v-parametrisation, and the structure of
+the SDS gradient (it must reach the renders through the VAE but never build a U-Net backward
+pass).
+"""
+import os
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dfjax import sds
+from dfjax.errors import UserError
+from dfjax.priors import stable_diffusion
+import sd_fixtures
+
+PROMPT = "a hamburger"
+# Second architecture: three blocks, wider text, 8 latent channels, linear attention
+# projections, VAE downsampling by 4, shorter token sequences.
+OTHER_UNET = dict(
+    sample_size=8, in_channels=8, out_channels=8,
+    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+    block_out_channels=(32, 64, 64), attention_head_dim=(2, 4, 4), cross_attention_dim=48,
+    use_linear_projection=True)
+OTHER_VAE = dict(down_block_types=("DownEncoderBlock2D",) * 3,
+                 up_block_types=("UpDecoderBlock2D",) * 3, block_out_channels=(32, 32, 64),
+                 latent_channels=8, sample_size=32, scaling_factor=0.13025)
+OTHER_TEXT = dict(hidden_size=48, intermediate_size=96, num_attention_heads=4,
+                  max_position_embeddings=16)
+
+
+# Compiling the tiny U-Net with XLA's default optimisation takes 4x longer than running it in
+# every test together; the numerics the tests compare are not affected.
+FAST_COMPILE = {"xla_backend_optimization_level": 0}
+
+
+def _jit(function):
+  return jax.jit(function, compiler_options=FAST_COMPILE)
+
+
+@pytest.fixture(scope="module")
+def msgpack_dir(tmp_path_factory):
+  return sd_fixtures.make_tiny_pipeline(tmp_path_factory.mktemp("sd_msgpack"), format="msgpack")
+
+
+@pytest.fixture(scope="module")
+def safetensors_dir(tmp_path_factory):
+  return sd_fixtures.make_tiny_pipeline(tmp_path_factory.mktemp("sd_safetensors"),
+                                        format="safetensors", seed=1)
+
+
+@pytest.fixture(scope="module")
+def other_dir(tmp_path_factory):
+  return sd_fixtures.make_tiny_pipeline(
+      tmp_path_factory.mktemp("sd_other"), format="safetensors", seed=2, unet=OTHER_UNET,
+      vae=OTHER_VAE, text_encoder=OTHER_TEXT)
+
+
+@pytest.fixture(scope="module")
+def safetensors_prior(safetensors_dir):
+  return stable_diffusion.load_stable_diffusion(safetensors_dir, prompt=PROMPT, render_size=16)
+
+
+@pytest.fixture(scope="module")
+def predict_fp32(safetensors_prior):
+  """The float32 prior's jitted predict_noise, compiled once for the module."""
+  return _jit(safetensors_prior.predict_noise)
+
+
+def _images(seed, batch, size):
+  return jnp.asarray(np.random.default_rng(seed).uniform(size=(batch, size, size, 3)),
+                     jnp.float32)
+
+
+def _latents(seed, batch, size, channels):
+  return jnp.asarray(np.random.default_rng(seed).normal(size=(batch, size, size, channels)),
+                     jnp.float32)
+
+
+def _count_convolutions(jaxpr):
+  """Number of conv_general_dilated equations in a (closed) jaxpr, sub-jaxprs included."""
+  jaxpr = getattr(jaxpr, "jaxpr", jaxpr)
+  count = 0
+  for eqn in jaxpr.eqns:
+    count += eqn.primitive.name == "conv_general_dilated"
+    for value in eqn.params.values():
+      for sub in value if isinstance(value, (tuple, list)) else (value,):
+        if isinstance(sub, (jax.extend.core.Jaxpr, jax.extend.core.ClosedJaxpr)):
+          count += _count_convolutions(sub)
+  return count
+
+
+def test_sds_step_reaches_images_and_never_differentiates_the_unet(msgpack_dir):
+  prior = stable_diffusion.load_stable_diffusion(msgpack_dir, prompt=PROMPT, render_size=16)
+  images, buckets, key = _images(0, 2, 16), jnp.array([0, 2]), jax.random.PRNGKey(3)
+
+  def sds_loss(images, params):
+    return sds.score_distillation(prior, params, images, buckets, key).loss
+
+  step = _jit(jax.value_and_grad(sds_loss, argnums=(0, 1))).trace(images, prior.params)
+  loss, (image_grad, param_grad) = step.lower().compile()(images, prior.params)
+  assert np.isfinite(loss)
+  assert np.all(np.isfinite(image_grad)) and np.any(image_grad != 0)
+  assert all(np.all(leaf == 0) for leaf in jax.tree.leaves(param_grad))
+
+  # Structure: the gradient program holds the forward convolutions of the VAE encoder and
+  # U-Net plus ONE transposed convolution per encoder convolution, and none for the U-Net.
+  x_t = _latents(1, 2, 8, 4)
+  encoder = _count_convolutions(jax.make_jaxpr(prior.encode)(prior.params, images))
+  unet = _count_convolutions(jax.make_jaxpr(prior.predict_noise)(
+      prior.params, x_t, jnp.array([10, 900]), buckets))
+  assert encoder > 0 and unet > encoder
+  assert _count_convolutions(step.jaxpr) == 2 * encoder + unet
+
+  # Control: without the stop-gradient the count includes the U-Net's backward pass, so the
+  # check above would catch one.
+  def leaky_loss(images):
+    eps_cond, _ = prior.predict_noise(prior.params, prior.encode(prior.params, images),
+                                      jnp.array([10, 900]), buckets)
+    return jnp.sum(eps_cond)
+
+  leaky = _count_convolutions(jax.make_jaxpr(jax.grad(leaky_loss))(images))
+  assert leaky == 2 * encoder + 2 * unet
+
+
+def test_safetensors_conversion_matches_pytorch(safetensors_dir, safetensors_prior,
+                                                predict_fp32):
+  torch = pytest.importorskip("torch")
+  from diffusers import AutoencoderKL, UNet2DConditionModel
+  from transformers import CLIPTextModel, CLIPTokenizer
+  prior = safetensors_prior
+  text_encoder = CLIPTextModel.from_pretrained(os.path.join(safetensors_dir, "text_encoder"))
+  tokenizer = CLIPTokenizer.from_pretrained(os.path.join(safetensors_dir, "tokenizer"))
+  token_ids = tokenizer(list(prior.prompts), padding="max_length", truncation=True,
+                        max_length=tokenizer.model_max_length, return_tensors="pt").input_ids
+  with torch.no_grad():
+    hidden = text_encoder(token_ids).last_hidden_state.numpy()
+  np.testing.assert_allclose(prior.params.text_embeddings, hidden[:4], atol=1e-5)
+  np.testing.assert_allclose(prior.params.uncond_embedding, hidden[4:], atol=1e-5)
+
+  x_t, timesteps, buckets = _latents(1, 2, 8, 4), jnp.array([30, 700]), jnp.array([1, 3])
+  eps_cond, eps_uncond = predict_fp32(prior.params, x_t, timesteps, buckets)
+  unet = UNet2DConditionModel.from_pretrained(os.path.join(safetensors_dir, "unet"))
+  sample = torch.from_numpy(np.array(x_t).transpose(0, 3, 1, 2))
+  context = torch.from_numpy(hidden)
+  with torch.no_grad():
+    expected_cond = unet(sample, torch.tensor([30, 700]), context[np.array([1, 3])]).sample
+    expected_uncond = unet(sample, torch.tensor([30, 700]), context[[4, 4]]).sample
+  np.testing.assert_allclose(eps_cond, expected_cond.numpy().transpose(0, 2, 3, 1), atol=1e-4)
+  np.testing.assert_allclose(eps_uncond, expected_uncond.numpy().transpose(0, 2, 3, 1),
+                             atol=1e-4)
+
+  images = _images(2, 2, 16)  # At the VAE's own sample size, so the resize is the identity.
+  vae = AutoencoderKL.from_pretrained(os.path.join(safetensors_dir, "vae"))
+  with torch.no_grad():
+    pixels = torch.from_numpy(2.0 * np.asarray(images).transpose(0, 3, 1, 2) - 1.0)
+    expected = vae.encode(pixels).latent_dist.mean.numpy().transpose(0, 2, 3, 1) * 0.18215
+  np.testing.assert_allclose(_jit(prior.encode)(prior.params, images), expected, atol=1e-4)
+
+
+def test_loader_takes_every_size_from_the_configs(other_dir):
+  torch = pytest.importorskip("torch")
+  from diffusers import AutoencoderKL, UNet2DConditionModel
+  prior = stable_diffusion.load_stable_diffusion(other_dir, prompt=PROMPT, render_size=12)
+  assert prior.image_size == 12
+  assert prior.params.text_embeddings.shape == (4, 16, 48)
+  assert prior.params.uncond_embedding.shape == (1, 16, 48)
+
+  @_jit
+  def encode_and_predict(params, images, timesteps, buckets):
+    x0 = prior.encode(params, images)
+    return x0, prior.predict_noise(params, x0, timesteps, buckets)
+
+  timesteps, buckets = jnp.array([5, 999]), jnp.array([2, 0])
+  x0, (eps_cond, eps_uncond) = encode_and_predict(prior.params, _images(3, 2, 12), timesteps,
+                                                  buckets)
+  assert x0.shape == eps_cond.shape == eps_uncond.shape == (2, 8, 8, 8)
+  unet = UNet2DConditionModel.from_pretrained(os.path.join(other_dir, "unet"))
+  vae = AutoencoderKL.from_pretrained(os.path.join(other_dir, "vae"))
+  with torch.no_grad():
+    pixels = jax.image.resize(_images(3, 2, 12), (2, 32, 32, 3), "bilinear", antialias=False)
+    pixels = torch.from_numpy(2.0 * np.array(pixels).transpose(0, 3, 1, 2) - 1.0)
+    expected_x0 = vae.encode(pixels).latent_dist.mean.numpy().transpose(0, 2, 3, 1) * 0.13025
+    expected = unet(torch.from_numpy(np.array(x0).transpose(0, 3, 1, 2)),
+                    torch.tensor([5, 999]),
+                    torch.from_numpy(np.asarray(prior.params.text_embeddings)[[2, 0]])).sample
+  # float32 round-off through three blocks reaches ~2e-4 here (a wrong name or layout in the
+  # conversion gives errors of order 0.1).
+  np.testing.assert_allclose(x0, expected_x0, atol=5e-4)
+  np.testing.assert_allclose(eps_cond, expected.numpy().transpose(0, 2, 3, 1), atol=5e-4)
+
+  no_vae = stable_diffusion.load_stable_diffusion(other_dir, prompt=PROMPT, render_size=12,
+                                                  use_vae=False)
+  x0 = no_vae.encode(no_vae.params, _images(3, 2, 12))
+  assert x0.shape == (2, 8, 8, 8) and no_vae.params.vae_encoder is None
+  assert np.all(x0[..., 3:] == 0) and np.all(np.abs(x0[..., :3]) <= 1.0)
+
+
+def test_bfloat16_prior_predicts_float32_noise_close_to_float32(safetensors_dir,
+                                                                 safetensors_prior, predict_fp32):
+  prior = stable_diffusion.load_stable_diffusion(safetensors_dir, prompt=PROMPT,
+                                                 render_size=16, dtype="bfloat16")
+  leaves = jax.tree.leaves(prior.params)
+  assert leaves and all(leaf.dtype == jnp.bfloat16 for leaf in leaves)
+  x_t, timesteps, buckets = _latents(4, 2, 8, 4), jnp.array([100, 600]), jnp.array([0, 1])
+  predicted = _jit(prior.predict_noise)(prior.params, x_t, timesteps, buckets)
+  reference = predict_fp32(safetensors_prior.params, x_t, timesteps, buckets)
+  for eps, eps_ref in zip(predicted, reference):
+    assert eps.dtype == jnp.float32
+    # bfloat16 keeps 8 bits of mantissa (relative rounding 2^-9 per operation); through a
+    # few dozen layers the output error stays within a few percent of its scale.
+    relative = np.linalg.norm(eps - eps_ref) / np.linalg.norm(eps_ref)
+    assert relative < 0.05, relative
+
+
+def test_eps_from_v_prediction_inverts_the_v_parametrisation():
+  rng = np.random.default_rng(5)
+  x0, eps = rng.normal(size=(2, 3, 3, 4)), rng.normal(size=(2, 3, 3, 4))
+  alpha_bar = np.array([0.9, 0.05])
+  a, s = np.sqrt(alpha_bar)[:, None, None, None], np.sqrt(1 - alpha_bar)[:, None, None, None]
+  x_t, v = a * x0 + s * eps, a * eps - s * x0
+  recovered = stable_diffusion.eps_from_v_prediction(jnp.asarray(v), jnp.asarray(x_t),
+                                                     jnp.asarray(alpha_bar))
+  np.testing.assert_allclose(recovered, eps, atol=1e-5)
+
+
+def _assert_one_line_error(call, *fragments):
+  with pytest.raises(UserError) as info:
+    call()
+  message = str(info.value)
+  assert "\n" not in message
+  for fragment in fragments:
+    assert fragment in message, message
+
+
+def test_user_errors_are_one_line(tmp_path, safetensors_dir, monkeypatch):
+  load = stable_diffusion.load_stable_diffusion
+  _assert_one_line_error(lambda: load(str(tmp_path / "nowhere"), prompt=PROMPT),
+                         "does not exist")
+  incomplete = tmp_path / "incomplete"
+  shutil.copytree(safetensors_dir, incomplete)
+  shutil.rmtree(incomplete / "vae")
+  _assert_one_line_error(lambda: load(str(incomplete), prompt=PROMPT), "vae/", "missing")
+  monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+  _assert_one_line_error(lambda: load("dfjax-tests/not-a-cached-model", revision="bf16",
+                                      prompt=PROMPT),
+                         "dfjax-tests/not-a-cached-model@bf16", "cache")
+  _assert_one_line_error(lambda: load(safetensors_dir, prompt=PROMPT, dtype="float16"),
+                         "dtype")
+  mismatched = tmp_path / "mismatched"
+  shutil.copytree(safetensors_dir, mismatched)
+  config = (mismatched / "unet" / "config.json").read_text()
+  (mismatched / "unet" / "config.json").write_text(
+      config.replace('"cross_attention_dim": 32', '"cross_attention_dim": 64'))
+  _assert_one_line_error(lambda: load(str(mismatched), prompt=PROMPT), "wrong shape",
+                         "same checkpoint")
+  unreadable = tmp_path / "unreadable"
+  shutil.copytree(safetensors_dir, unreadable)
+  (unreadable / "scheduler" / "scheduler_config.json").write_text("{not json")
+  _assert_one_line_error(lambda: load(str(unreadable), prompt=PROMPT), "cannot read",
+                         "scheduler_config.json")
