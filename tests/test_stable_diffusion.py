@@ -117,15 +117,12 @@ def test_sds_step_reaches_images_and_never_differentiates_the_unet(msgpack_dir):
   assert encoder > 0 and unet > encoder
   assert _count_convolutions(step.jaxpr) == 2 * encoder + unet
 
-  # Control: without the stop-gradient the count includes the U-Net's backward pass, so the
-  # check above would catch one.
-  def leaky_loss(images):
-    eps_cond, _ = prior.predict_noise(prior.params, prior.encode(prior.params, images),
-                                      jnp.array([10, 900]), buckets)
-    return jnp.sum(eps_cond)
+  # Control: differentiating the U-Net doubles its count, so the check above would catch a
+  # U-Net backward pass.
+  def unet_loss(x_t):
+    return jnp.sum(prior.predict_noise(prior.params, x_t, jnp.array([10, 900]), buckets)[0])
 
-  leaky = _count_convolutions(jax.make_jaxpr(jax.grad(leaky_loss))(images))
-  assert leaky == 2 * encoder + 2 * unet
+  assert _count_convolutions(jax.make_jaxpr(jax.grad(unet_loss))(x_t)) == 2 * unet
 
 
 def test_safetensors_conversion_matches_pytorch(safetensors_dir, safetensors_prior,
@@ -201,10 +198,24 @@ def test_loader_takes_every_size_from_the_configs(other_dir):
   assert np.all(x0[..., 3:] == 0) and np.all(np.abs(x0[..., :3]) <= 1.0)
 
 
-def test_bfloat16_prior_predicts_float32_noise_close_to_float32(safetensors_dir,
-                                                                 safetensors_prior, predict_fp32):
-  prior = stable_diffusion.load_stable_diffusion(safetensors_dir, prompt=PROMPT,
-                                                 render_size=16, dtype="bfloat16")
+def _fake_hub_cache(cache, repo_id, revision, pipeline_dir):
+  """Lays `pipeline_dir` out as huggingface_hub's cache holds a downloaded snapshot."""
+  storage = cache / ("models--" + repo_id.replace("/", "--"))
+  commit = "0123456789abcdef0123456789abcdef01234567"
+  (storage / "refs").mkdir(parents=True)
+  (storage / "refs" / revision).write_text(commit)
+  shutil.copytree(pipeline_dir, storage / "snapshots" / commit)
+
+
+def test_bfloat16_prior_from_the_offline_hub_cache(safetensors_dir, safetensors_prior,
+                                                    predict_fp32, tmp_path, monkeypatch):
+  from huggingface_hub import constants
+  _fake_hub_cache(tmp_path, "dfjax-tests/tiny-sd", "bf16", safetensors_dir)
+  monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+  monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+  prior = stable_diffusion.load_stable_diffusion("dfjax-tests/tiny-sd", revision="bf16",
+                                                 prompt=PROMPT, render_size=16,
+                                                 dtype="bfloat16")
   leaves = jax.tree.leaves(prior.params)
   assert leaves and all(leaf.dtype == jnp.bfloat16 for leaf in leaves)
   x_t, timesteps, buckets = _latents(4, 2, 8, 4), jnp.array([100, 600]), jnp.array([0, 1])

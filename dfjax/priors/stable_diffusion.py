@@ -45,18 +45,30 @@ _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 
 class _DropFlaxDeprecation(logging.Filter):
-  """diffusers 0.39 warns on every Flax module setup that Flax is deprecated; we pin it."""
+  """Drops the "Flax classes are deprecated" warnings of diffusers 0.39 and transformers 4.57.
+
+  diffusers repeats it on every Flax module setup; dfjax pins those versions on purpose, so for
+  a user the warning is only noise.
+  """
 
   def filter(self, record):
-    return "Flax classes are deprecated" not in record.getMessage()
+    return "classes are deprecated and will be removed" not in record.getMessage()
 
 
-def _import_flax_models():
-  """Imports the Flax model classes, silencing their deprecation warnings."""
-  import diffusers  # pylint: disable=import-outside-toplevel
-  for handler in logging.getLogger("diffusers").handlers:
-    if not any(isinstance(f, _DropFlaxDeprecation) for f in handler.filters):
-      handler.addFilter(_DropFlaxDeprecation())
+def _silence_flax_deprecation():
+  """Adds the filter to the handlers of diffusers' and transformers' library loggers."""
+  import diffusers
+  import transformers
+  for library in ("diffusers", "transformers"):
+    for handler in logging.getLogger(library).handlers:
+      if not any(isinstance(f, _DropFlaxDeprecation) for f in handler.filters):
+        handler.addFilter(_DropFlaxDeprecation())
+
+
+def flax_model_classes():
+  """(FlaxUNet2DConditionModel, FlaxAutoencoderKL), with their deprecation warnings silenced."""
+  _silence_flax_deprecation()
+  import diffusers
   return diffusers.FlaxUNet2DConditionModel, diffusers.FlaxAutoencoderKL
 
 
@@ -83,8 +95,10 @@ class LatentSpace:
   """Static description of the space the U-Net denoises.
 
   Attributes:
-    vae_sample_size: side of the VAE's input images, pixels (512 for SD 1.x/2.x).
-    latent_size: side of the latents (vae_sample_size / 2**(number of VAE blocks - 1)).
+    vae_sample_size: side of the VAE's input images, pixels (512 for SD 1.x and 2.x-base);
+      0 without a VAE.
+    latent_size: side of the latents, the U-Net's training resolution (64 for SD 1.x and
+      2.x-base); see `latent_space_of`.
     latent_channels: channels of the latents (4 for SD 1.x/2.x).
     scaling_factor: latents are multiplied by it so they have about unit variance
       (Rombach et al. 2022, §4.3.2; 0.18215 for SD 1.x/2.x).
@@ -125,7 +139,8 @@ class StableDiffusionPrior:
   def encode(self, params, images):
     """Renders to scaled latents x0 (latent diffusion, Rombach et al. 2022, §3).
 
-    The images are resized (bilinear) to the VAE's input size, mapped to [-1, 1], encoded, and
+    The images are resized (bilinear; an upsampling, so no antialiasing is needed) to the VAE's
+    input size `latent_space.vae_sample_size`, mapped to [-1, 1], encoded, and
     the MEAN of the encoder's Gaussian posterior is taken (deterministic: sampling it would
     add noise the SDS gradient does not need), times the latent scaling factor. The gradient
     flows through the encoder.
@@ -147,8 +162,9 @@ class StableDiffusionPrior:
     if not self.use_vae:
       size = space.latent_size
       pixels = jax.image.resize(images, (batch, size, size, 3), "bilinear", antialias=False)
-      pad = space.latent_channels - 3
-      return jnp.pad(2.0 * pixels - 1.0, ((0, 0), (0, 0), (0, 0), (0, max(pad, 0))))
+      latents = (2.0 * pixels - 1.0)[..., :space.latent_channels]
+      pad = space.latent_channels - latents.shape[-1]
+      return jnp.pad(latents, ((0, 0), (0, 0), (0, 0), (0, pad)))
     size = space.vae_sample_size
     pixels = jax.image.resize(images, (batch, size, size, 3), "bilinear", antialias=False)
     pixels = jnp.transpose(2.0 * pixels - 1.0, (0, 3, 1, 2)).astype(self.compute_dtype)
@@ -252,14 +268,14 @@ def load_stable_diffusion(model, *, revision=None, dtype="float32", prompt,
   """
   compute_dtype = _check_arguments(dtype, prompt, view_suffixes, render_size)
   root = _resolve_model_dir(model, revision, use_vae=use_vae)
-  for name in _COMPONENTS[:-1] if not use_vae else _COMPONENTS:
-    _component_dir(root, name)
+  for name in _COMPONENTS if use_vae else _COMPONENTS[:-1]:
+    _component_dir(root, name)  # Fails fast, naming a missing subfolder.
   alphas_cumprod, prediction_type = _load_schedule(root)
   unet, unet_params = _load_unet(root, compute_dtype)
   if use_vae:
-    vae, vae_encoder, latent_space = _load_vae(root, compute_dtype)
+    vae, vae_encoder, latent_space = _load_vae(root, compute_dtype, unet=unet)
   else:
-    vae, vae_encoder, latent_space = None, None, _latent_space_of_unet(unet)
+    vae, vae_encoder, latent_space = None, None, latent_space_of(unet)
   prompts = [f"{prompt}, {suffix}" for suffix in view_suffixes] + [""]
   embeddings = prompt_embeddings(root, prompts)
   if embeddings.shape[-1] != unet.cross_attention_dim:
@@ -282,10 +298,11 @@ def _check_arguments(dtype, prompt, view_suffixes, render_size):
     raise UserError(f"dtype must be one of {tuple(DTYPES)}, got {dtype!r}")
   if not isinstance(prompt, str):
     raise UserError(f"prompt must be a string, got {type(prompt).__name__}")
-  if len(view_suffixes) != 4 or not all(isinstance(s, str) for s in view_suffixes):
+  if (isinstance(view_suffixes, str) or len(view_suffixes) != 4
+      or not all(isinstance(s, str) for s in view_suffixes)):
     raise UserError("view_suffixes must be four strings (front, side, back, overhead), "
                     f"got {view_suffixes!r}")
-  if int(render_size) != render_size or render_size < 1:
+  if not isinstance(render_size, (int, np.integer)) or render_size < 1:
     raise UserError(f"render_size must be a positive integer, got {render_size!r}")
   return DTYPES[dtype]
 
@@ -300,7 +317,7 @@ def cast_floating(tree, dtype):
 
 def _load_unet(root, compute_dtype):
   """The Flax U-Net module and its float32 weights from `root/unet`."""
-  unet_class, _ = _import_flax_models()
+  unet_class, _ = flax_model_classes()
   folder = _component_dir(root, "unet")
   config = _read_json(os.path.join(folder, "config.json"))
   _check_supported(config, _UNET_FLAX_SUPPORTS, os.path.join(folder, "config.json"))
@@ -309,27 +326,47 @@ def _load_unet(root, compute_dtype):
   return unet, load_weights(folder, abstract, join_indices=True)
 
 
-def _load_vae(root, compute_dtype):
-  """The Flax VAE module, its encoder's float32 weights and its `LatentSpace`."""
-  _, vae_class = _import_flax_models()
+def _load_vae(root, compute_dtype, *, unet):
+  """The Flax VAE module, its encoder's float32 weights and the `LatentSpace`."""
+  _, vae_class = flax_model_classes()
   folder = _component_dir(root, "vae")
   config = _read_json(os.path.join(folder, "config.json"))
   _check_supported(config, _VAE_FLAX_SUPPORTS, os.path.join(folder, "config.json"))
   vae = _module_from_config(vae_class, config, folder, compute_dtype)
   abstract = jax.eval_shape(vae.init_weights, jax.random.PRNGKey(0))
   weights = load_weights(folder, abstract, join_indices=True)
-  latent_space = LatentSpace(
-      vae_sample_size=int(vae.sample_size),
-      latent_size=int(vae.sample_size) // 2 ** (len(vae.block_out_channels) - 1),
-      latent_channels=int(vae.latent_channels),
-      scaling_factor=float(vae.scaling_factor))
+  if vae.latent_channels != unet.in_channels:
+    raise UserError(f"{folder}: latent_channels {vae.latent_channels} differs from the U-Net's "
+                    f"in_channels {unet.in_channels}; the components must come from the same "
+                    "pipeline")
+  latent_space = latent_space_of(unet, vae)
   return vae, {"encoder": weights["encoder"], "quant_conv": weights["quant_conv"]}, latent_space
 
 
-def _latent_space_of_unet(unet):
-  """The latent space as the U-Net sees it, for use_vae=False (no VAE is read)."""
-  return LatentSpace(vae_sample_size=0, latent_size=int(unet.sample_size),
-                     latent_channels=int(unet.in_channels), scaling_factor=1.0)
+def latent_space_of(unet, vae=None):
+  """The latent space of a U-Net (and VAE), all sizes from their configs.
+
+  The latent size is the U-Net's sample_size, the resolution it was trained at (64 for SD 1.x
+  and 2.x-base, 96 for SD 2.x at 768 px); the VAE's input size is that times the VAE's
+  downsampling factor 2**(number of VAE blocks - 1). For SD 1.x/2.x this equals the VAE
+  config's own sample_size; deriving it from the U-Net keeps the latents at the U-Net's
+  training resolution even where a VAE config states another size.
+
+  Args:
+    unet: FlaxUNet2DConditionModel.
+    vae: FlaxAutoencoderKL, or None for use_vae=False (then vae_sample_size is 0).
+
+  Returns:
+    LatentSpace.
+  """
+  latent_size = int(unet.sample_size)
+  if vae is None:
+    return LatentSpace(vae_sample_size=0, latent_size=latent_size,
+                       latent_channels=int(unet.in_channels), scaling_factor=1.0)
+  return LatentSpace(
+      vae_sample_size=latent_size * 2 ** (len(vae.block_out_channels) - 1),
+      latent_size=latent_size, latent_channels=int(vae.latent_channels),
+      scaling_factor=float(vae.scaling_factor))
 
 
 def _module_from_config(module_class, config, folder, compute_dtype):
@@ -360,8 +397,11 @@ def _load_schedule(root):
     raise UserError(f"{path}: prediction_type {prediction_type!r} is not supported; "
                     f"use one of {PREDICTION_TYPES}")
   names = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule")
-  alphas_cumprod = diffusion.alphas_cumprod_from_config(
-      **{name: config[name] for name in names if name in config})
+  try:
+    alphas_cumprod = diffusion.alphas_cumprod_from_config(
+        **{name: config[name] for name in names if name in config})
+  except UserError as error:
+    raise UserError(f"{path}: {error}") from error
   return alphas_cumprod, prediction_type
 
 
@@ -379,7 +419,8 @@ def prompt_embeddings(root, prompts):
   Returns:
     embeddings: np.ndarray [len(prompts), L, D] float32.
   """
-  from transformers import CLIPTextConfig, CLIPTokenizer, FlaxCLIPTextModel  # pylint: disable=g-import-not-at-top
+  _silence_flax_deprecation()
+  from transformers import CLIPTextConfig, CLIPTokenizer, FlaxCLIPTextModel
   folder = _component_dir(root, "text_encoder")
   tokenizer_folder = _component_dir(root, "tokenizer")
   try:
@@ -398,8 +439,7 @@ def prompt_embeddings(root, prompts):
   weights = load_weights(folder, abstract, join_indices=False)
   token_ids = tokenizer(prompts, padding="max_length", max_length=length, truncation=True,
                         return_tensors="np").input_ids
-  hidden = jax.jit(lambda p, ids: text_encoder(ids, params=p).last_hidden_state)(
-      weights, token_ids)
+  hidden = text_encoder(token_ids, params=weights).last_hidden_state
   return np.asarray(hidden, np.float32)
 
 
@@ -452,7 +492,7 @@ def _safetensors_files(folder, name):
 
 def _read_msgpack(path):
   """A Flax msgpack parameter file as nested dicts of float32 arrays."""
-  from flax import serialization  # pylint: disable=g-import-not-at-top
+  from flax import serialization
   try:
     with open(path, "rb") as f:
       tree = serialization.msgpack_restore(f.read())
@@ -463,7 +503,7 @@ def _read_msgpack(path):
 
 def _read_safetensors(path):
   """A safetensors file as {name: float32 np.ndarray}."""
-  import safetensors  # pylint: disable=g-import-not-at-top
+  import safetensors
   try:
     # framework="flax" returns jax arrays, which also covers bfloat16 tensors.
     with safetensors.safe_open(path, framework="flax") as f:
@@ -549,7 +589,7 @@ def _to_flax_layout(array, leaf, target_ndim):
 
 def _as_dict(tree):
   """A (possibly frozen) parameter tree as plain nested dicts."""
-  from flax.core import unfreeze  # pylint: disable=g-import-not-at-top
+  from flax.core import unfreeze
   return unfreeze(tree)
 
 
@@ -623,7 +663,7 @@ def _resolve_model_dir(model, revision, *, use_vae):
 
 def _hub_offline():
   """Whether HF_HUB_OFFLINE is set (read now, not only when huggingface_hub was imported)."""
-  from huggingface_hub import constants  # pylint: disable=g-import-not-at-top
+  from huggingface_hub import constants
   flag = os.environ.get("HF_HUB_OFFLINE", "").strip().upper()
   return bool(constants.HF_HUB_OFFLINE) or flag in ("1", "ON", "YES", "TRUE")
 
@@ -651,7 +691,7 @@ def _hub_snapshot(repo_id, revision, *, use_vae):
 
 def _snapshot_download(repo_id, revision, patterns):
   """huggingface_hub.snapshot_download with its errors turned into one-line UserErrors."""
-  from huggingface_hub import errors, snapshot_download  # pylint: disable=g-import-not-at-top
+  from huggingface_hub import errors, snapshot_download
   offline = _hub_offline()
   name = repo_id + (f"@{revision}" if revision else "")
   try:

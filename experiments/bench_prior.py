@@ -1,0 +1,218 @@
+"""Cost of the Stable Diffusion prior in one SDS step: time per call and XLA FLOPs.
+
+DreamFusion (arXiv:2209.14988, App. A.2) trains 15,000 steps at 64x64 on 4 TPUv4 chips in about
+1.5 hours and reports the time splitting about evenly between rendering and the diffusion
+U-Net. With Stable Diffusion as the prior a step also runs the VAE encoder at 512x512 and its
+backward pass (the SDS gradient flows through the encoder, never through the U-Net). This
+script measures those pieces with the real SD 1.5 and SD 2.1-base architectures (configs as
+in their `unet/config.json` and `vae/config.json`) and random weights: cost does not depend on
+the weights' values, and nothing has to be downloaded.
+
+Measured per step, for `--batch` renders of 64x64:
+  unet:      the guided U-Net call of `predict_noise` (cond + uncond in one call, so the U-Net
+             batch is 2 * batch; 64x64x4 latents, 77 prompt tokens);
+  vae+grad:  `encode` (resize 64 -> 512, VAE encoder) and its gradient w.r.t. the renders;
+  sds:       the whole prior side of a step, `jax.grad` of `dfjax.sds.score_distillation`
+             w.r.t. the renders.
+FLOPs come from XLA's cost analysis of the compiled program (a multiply-add counts 2), time
+is the median wall time of `--repeats` calls after compilation.
+
+Usage, with dfjax installed (`pip install -e .`). --quick is SD 1.5 only, unet and vae+grad,
+one timed call each (3.5 minutes on 2 CPU cores):
+  python experiments/bench_prior.py --quick
+  python experiments/bench_prior.py --pieces unet,vae+grad --repeats 1        # ~7 min on CPU
+Everything (both models, three pieces; minutes on a GPU, long on a CPU):
+  python experiments/bench_prior.py --dtype bfloat16 --repeats 5
+The table is printed and appended to experiments/results/bench.md with the machine and date.
+"""
+import argparse
+import datetime
+import os
+import platform
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dfjax import diffusion
+from dfjax import sds
+from dfjax.priors import stable_diffusion
+
+# runwayml/stable-diffusion-v1-5 unet/config.json (the fields the Flax U-Net reads).
+SD15_UNET = dict(
+    sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
+    block_out_channels=(320, 640, 1280, 1280),
+    down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+    up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+    attention_head_dim=8, cross_attention_dim=768, use_linear_projection=False)
+# stabilityai/stable-diffusion-2-1-base unet/config.json: OpenCLIP-H text width 1024, heads of
+# 64 channels, linear projections in the transformer blocks.
+SD21BASE_UNET = dict(SD15_UNET, attention_head_dim=(5, 10, 20, 20), cross_attention_dim=1024,
+                     use_linear_projection=True)
+# The VAE shared by SD 1.x and 2.x (vae/config.json): 512x512 in, 64x64x4 latents out.
+SD_VAE = dict(
+    in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2,
+    block_out_channels=(128, 256, 512, 512),
+    down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+    sample_size=512, scaling_factor=0.18215)
+MODELS = {"sd15": ("SD 1.5", SD15_UNET), "sd21base": ("SD 2.1-base", SD21BASE_UNET)}
+TOKENS = 77  # CLIP's model_max_length for both models.
+RENDER_SIZE = 64  # DreamFusion's render resolution.
+
+
+def random_params(abstract, *, seed):
+  """Random float32 weights for a Flax parameter tree (kernels ~ N(0, 1/fan_in)).
+
+  Args:
+    abstract: tree of jax.ShapeDtypeStruct (from jax.eval_shape of the model's init).
+    seed: numpy seed.
+
+  Returns:
+    tree of np.ndarray float32 with the same structure.
+  """
+  rng = np.random.default_rng(seed)
+
+  def draw(path, leaf):
+    values = rng.standard_normal(leaf.shape, dtype=np.float32)
+    if path[-1].key == "kernel":
+      values *= 1.0 / np.sqrt(np.prod(leaf.shape[:-1]))
+    return values
+  return jax.tree_util.tree_map_with_path(draw, abstract)
+
+
+def build_prior(unet_config, *, dtype):
+  """A StableDiffusionPrior with the given U-Net architecture, SD's VAE and random weights."""
+  unet_class, vae_class = stable_diffusion.flax_model_classes()
+  compute_dtype = stable_diffusion.DTYPES[dtype]
+  unet = unet_class.from_config(unet_config, dtype=compute_dtype)
+  vae = vae_class.from_config(SD_VAE, dtype=compute_dtype)
+  key = jax.random.PRNGKey(0)
+  vae_params = random_params(jax.eval_shape(vae.init_weights, key), seed=1)
+  width = unet_config["cross_attention_dim"]
+  embeddings = np.random.default_rng(2).standard_normal((5, TOKENS, width), dtype=np.float32)
+  params = stable_diffusion.StableDiffusionParams(
+      unet=random_params(jax.eval_shape(unet.init_weights, key), seed=0),
+      vae_encoder={"encoder": vae_params["encoder"], "quant_conv": vae_params["quant_conv"]},
+      text_embeddings=embeddings[:4], uncond_embedding=embeddings[4:])
+  return stable_diffusion.StableDiffusionPrior(
+      unet=unet, vae=vae, params=stable_diffusion.cast_floating(params, compute_dtype),
+      alphas_cumprod=diffusion.alphas_cumprod_from_config(),
+      image_size=RENDER_SIZE, latent_space=stable_diffusion.latent_space_of(unet, vae),
+      prediction_type="epsilon",
+      compute_dtype=compute_dtype, prompts=["random"] * 5)
+
+
+def workloads(prior, *, batch):
+  """{name: (function, args)} of the measured pieces of a step, for `batch` renders."""
+  rng = np.random.default_rng(3)
+  images = jnp.asarray(rng.uniform(size=(batch, RENDER_SIZE, RENDER_SIZE, 3)), jnp.float32)
+  space = prior.latent_space
+  latent_shape = (batch, space.latent_size, space.latent_size, space.latent_channels)
+  x_t = jnp.asarray(rng.standard_normal(latent_shape), jnp.float32)
+  timesteps = jnp.full((batch,), 500, jnp.int32)
+  buckets = jnp.zeros((batch,), jnp.int32)
+  cotangent = jnp.asarray(rng.standard_normal(latent_shape), jnp.float32)
+
+  def unet_call(params, x_t):
+    return prior.predict_noise(params, x_t, timesteps, buckets)
+
+  def vae_and_grad(params, images):
+    return jax.value_and_grad(lambda im: jnp.sum(prior.encode(params, im) * cotangent))(images)
+
+  def sds_grad(params, images):
+    return jax.grad(lambda im: sds.score_distillation(
+        prior, params, im, buckets, jax.random.PRNGKey(0)).loss)(images)
+
+  return {"unet": (unet_call, (prior.params, x_t)),
+          "vae+grad": (vae_and_grad, (prior.params, images)),
+          "sds": (sds_grad, (prior.params, images))}
+
+
+def measure(function, args, *, repeats):
+  """Compiles `function`, then times it.
+
+  Returns:
+    dict with compile_s, seconds (median of `repeats` calls), gflops (XLA cost analysis).
+  """
+  start = time.perf_counter()
+  compiled = jax.jit(function).lower(*args).compile()
+  compile_s = time.perf_counter() - start
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(compiled(*args))
+    times.append(time.perf_counter() - start)
+  return {"compile_s": compile_s, "seconds": statistics.median(times),
+          "gflops": float(cost.get("flops", float("nan"))) / 1e9}
+
+
+def machine_line():
+  """Platform, device kind and CPU count, for the results file."""
+  device = jax.devices()[0]
+  return (f"{platform.system()} {platform.machine()}, jax {jax.__version__}, backend "
+          f"{device.platform}, device {device.device_kind} x{jax.device_count()}, "
+          f"{os.cpu_count()} CPUs")
+
+
+def format_table(rows):
+  """Markdown table of the measurements."""
+  lines = ["| model | dtype | batch | piece | GFLOPs | compile s | s / call | GFLOP/s |",
+           "|---|---|---|---|---|---|---|---|"]
+  for row in rows:
+    lines.append(f"| {row['model']} | {row['dtype']} | {row['batch']} | {row['piece']} | "
+                 f"{row['gflops']:.1f} | {row['compile_s']:.1f} | {row['seconds']:.3f} | "
+                 f"{row['gflops'] / row['seconds']:.1f} |")
+  return "\n".join(lines)
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--models", default="sd15,sd21base",
+                      help=f"comma-separated, from {sorted(MODELS)}")
+  parser.add_argument("--dtype", default="float32", choices=sorted(stable_diffusion.DTYPES))
+  parser.add_argument("--batch", type=int, default=1, help="renders per step")
+  parser.add_argument("--repeats", type=int, default=3, help="timed calls per piece")
+  parser.add_argument("--pieces", default="unet,vae+grad,sds",
+                      help="comma-separated, from unet, vae+grad, sds")
+  parser.add_argument("--quick", action="store_true",
+                      help="same as --models sd15 --pieces unet,vae+grad --repeats 1")
+  parser.add_argument("--output", default=os.path.join(os.path.dirname(__file__), "results",
+                                                       "bench.md"))
+  args = parser.parse_args(argv)
+  if args.quick:
+    args.models, args.pieces, args.repeats = "sd15", "unet,vae+grad", 1
+  names, pieces = args.models.split(","), args.pieces.split(",")
+  unknown = [n for n in names if n not in MODELS] + [
+      p for p in pieces if p not in ("unet", "vae+grad", "sds")]
+  if unknown:
+    parser.error(f"unknown model(s) or piece(s) {unknown}; see --help")
+  rows = []
+  for name in names:
+    label, unet_config = MODELS[name]
+    prior = build_prior(unet_config, dtype=args.dtype)
+    for piece, (function, fn_args) in workloads(prior, batch=args.batch).items():
+      if piece not in pieces:
+        continue
+      result = measure(function, fn_args, repeats=args.repeats)
+      rows.append(dict(result, model=label, dtype=args.dtype, batch=args.batch, piece=piece))
+      print(format_table(rows[-1:]).splitlines()[-1], flush=True)
+    del prior
+  table = format_table(rows)
+  header = (f"\n## Stable Diffusion prior cost ({datetime.date.today().isoformat()})\n\n"
+            f"Machine: {machine_line()}. Command: `python experiments/bench_prior.py "
+            f"{' '.join(argv if argv is not None else sys.argv[1:])}`. Random weights; "
+            f"renders {RENDER_SIZE}x{RENDER_SIZE}, VAE at 512x512, latents 64x64x4; "
+            "s / call is the median after compilation.\n\n")
+  print("\n" + table)
+  os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+  with open(args.output, "a", encoding="utf-8") as f:
+    f.write(header + table + "\n")
+
+
+if __name__ == "__main__":
+  main()
