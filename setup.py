@@ -8,7 +8,7 @@ setuptools.setup(
     "frozen diffusion prior.",
     license="Apache-2.0",
     python_requires=">=3.10",
-    packages=setuptools.find_packages(include=["dfjax", "dfjax.*"]),
+    packages=setuptools.find_packages(include=["dfjax", "dfjax.*", "configs"]),
     install_requires=[
         "jax>=0.7",
         "flax>=0.10",

@@ -1,0 +1,142 @@
+"""The trainer: the sharded step, skipping non-finite updates, and the step's parts."""
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import bank as bank_config
+from dfjax import cameras, train
+from dfjax.priors import bank as bank_lib
+
+RESOLUTION = 8
+
+
+def tiny_config():
+  config = bank_config.get_config()
+  config.prompt = "a thing"
+  config.field.num_blocks = 1
+  config.field.hidden_units = 16
+  config.field.max_deg = 4
+  config.render.num_samples = 8
+  config.shading.albedo_warmup_steps = 0  # exercise lit and textureless views from step 0
+  config.train.steps = 10
+  return config
+
+
+def tiny_bank(num=24, seed=0):
+  rng = np.random.default_rng(seed)
+  azimuth = rng.uniform(0, 360, num)
+  elevation = rng.uniform(-10, 70, num)
+  c2w = np.stack([np.asarray(cameras.camera_from_angles(
+      azimuth_deg=a, elevation_deg=e, distance=1.4, fov_deg=50.0, width=RESOLUTION,
+      height=RESOLUTION).c2w) for a, e in zip(azimuth, elevation)])
+  return bank_lib.Bank(images=rng.integers(0, 256, (num, RESOLUTION, RESOLUTION, 3), np.uint8),
+                       prompts=np.array(["a thing"] * (num // 2) + ["other"] * (num - num // 2)),
+                       c2w=c2w.astype(np.float32), fov_deg=np.full(num, 50.0, np.float32))
+
+
+@pytest.fixture(scope="module")
+def setup():
+  config = tiny_config()
+  prior = bank_lib.ClosedFormPrior.from_bank(tiny_bank(), prompt=config.prompt)
+  camera_kwargs = dict(width=RESOLUTION, height=RESOLUTION, elevation_range_deg=(-10.0, 70.0),
+                       distance_range=(1.3, 1.5), focal_multiplier_range=(0.9, 1.1))
+  scene = train.create_scene(config, prior, camera_kwargs=camera_kwargs)
+  optimizer = train.create_optimizer(config)
+  state = train.create_train_state(scene, optimizer, jax.random.PRNGKey(0))
+  return config, prior, scene, optimizer, state
+
+
+def _assert_trees_close(a, b, *, rtol, atol=0.0, scaled_atol=0.0):
+  """allclose per leaf; `scaled_atol` is relative to the leaf's largest magnitude."""
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    x, y = np.asarray(x), np.asarray(y)
+    limit = atol + scaled_atol * (np.max(np.abs(y)) if y.size else 0.0)
+    np.testing.assert_allclose(x, y, rtol=rtol, atol=limit)
+
+
+def test_sharded_step_equals_single_device_over_the_same_views(setup):
+  """4 devices, one view each, vs one device averaging the same 4 views' gradients.
+
+  Tolerance: the two programs sum the per-view gradients in a different order (pmean vs
+  mean), so parameters agree to float32 rounding after Adam's normalisation, ~1e-6.
+  """
+  _, prior, scene, optimizer, state = setup
+  assert jax.device_count() == 4
+  mesh = train.make_mesh()
+  step = train.make_train_step(scene, optimizer, mesh)
+  reference = jax.jit(functools.partial(train.reference_step, scene=scene, optimizer=optimizer,
+                                        num_devices=4))
+  expected_state, expected_metrics = reference(state, prior.params)
+  # The step donates its state: hand it a copy so the fixture's arrays survive.
+  sharded_state, metrics = step(train.replicate(jax.tree.map(jnp.copy, state), mesh),
+                                train.replicate(prior.params, mesh))
+  _assert_trees_close(sharded_state.params, expected_state.params, rtol=1e-5, atol=1e-6)
+  # Adam's moments: small entries are sums with cancellation, so compare against the scale
+  # of each leaf.
+  _assert_trees_close(sharded_state.opt_state, expected_state.opt_state, rtol=1e-4,
+                      scaled_atol=1e-5)
+  for name in ("loss", "loss_sds", "grad_norm", "t"):
+    np.testing.assert_allclose(metrics[name], expected_metrics[name], rtol=1e-5)
+  # The step moved the parameters, and the four devices saw different views.
+  moved = jax.tree.leaves(jax.tree.map(lambda a, b: jnp.max(jnp.abs(a - b)),
+                                       sharded_state.params, state.params))
+  assert max(float(m) for m in moved) > 0
+  one_view = jax.jit(functools.partial(train.reference_step, scene=scene, optimizer=optimizer,
+                                       num_devices=1))(state, prior.params)[1]
+  assert abs(float(one_view["grad_norm"]) - float(metrics["grad_norm"])) > 1e-3 * float(
+      metrics["grad_norm"])
+
+
+def test_views_are_a_function_of_seed_step_and_device(setup):
+  config, _, scene, _, state = setup
+  render = jax.jit(lambda key, step: train.render_view(scene, state.params, key, step)[1])
+  a = render(train.view_key(config.seed, 3, 1, 0), 3)
+  b = render(train.view_key(config.seed, 3, 1, 0), 3)
+  c = render(train.view_key(config.seed, 3, 2, 0), 3)
+  d = render(train.view_key(config.seed, 4, 1, 0), 3)
+  np.testing.assert_array_equal(a.camera.c2w, b.camera.c2w)
+  assert not np.allclose(a.camera.c2w, c.camera.c2w)
+  assert not np.allclose(a.camera.c2w, d.camera.c2w)
+
+
+def test_nonfinite_gradient_is_skipped_counted_and_training_continues(setup):
+  _, prior, scene, optimizer, state = setup
+  step = jax.jit(functools.partial(train.reference_step, scene=scene, optimizer=optimizer,
+                                   num_devices=1))
+  poisoned = prior.params.replace(images=prior.params.images.at[0, 0].set(jnp.nan))
+  # The NaN reaches the gradient through the field: a NaN bank pixel makes ε̂ NaN; SDS zeroes
+  # non-finite ε̂ entries, so poison the parameters instead, as a diverged field would.
+  bad_state = state.replace(params=jax.tree.map(lambda x: x, state.params))
+  bad_state.params["field"]["params"]["output"]["bias"] = (
+      state.params["field"]["params"]["output"]["bias"].at[1].set(jnp.nan))
+  after_bad, metrics = step(bad_state, prior.params)
+  assert float(metrics["skipped"]) == 1.0
+  assert int(after_bad.nonfinite_steps) == 1 and int(after_bad.consecutive_nonfinite) == 1
+  assert int(after_bad.step) == 1
+  _assert_trees_close(after_bad.opt_state, bad_state.opt_state, rtol=0, atol=0)
+  # A NaN from the prior is zeroed inside SDS and counted there; the update goes ahead.
+  after_poisoned_prior, metrics = step(state, poisoned)
+  assert float(metrics["skipped"]) == 0.0 and int(after_poisoned_prior.nonfinite_steps) == 0
+  # Training continues: the next good step applies and resets the consecutive count.
+  good = after_bad.replace(params=state.params)
+  after_good, metrics = step(good, prior.params)
+  assert float(metrics["skipped"]) == 0.0
+  assert int(after_good.nonfinite_steps) == 1 and int(after_good.consecutive_nonfinite) == 0
+  assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(after_good.params))
+
+
+def test_schedules_follow_the_paper():
+  from configs import dreamfusion
+  config = dreamfusion.get_config()
+  np.testing.assert_allclose(train.cov_scale_at(0, config), 5e-2)
+  np.testing.assert_allclose(train.cov_scale_at(2500, config), 0.5 * (5e-2 + 2e-3), rtol=1e-6)
+  np.testing.assert_allclose(train.cov_scale_at(15000, config), 2e-3, rtol=1e-6)
+  np.testing.assert_allclose(train.orientation_weight_at(0, config), 1e-4)
+  np.testing.assert_allclose(train.orientation_weight_at(5000, config), 1e-2)
+  schedule = train.learning_rate_schedule(config)
+  np.testing.assert_allclose(schedule(0), 1e-9, atol=1e-10)  # float32 rounding of the ramp
+  np.testing.assert_allclose(schedule(3000), config.optimizer.peak_learning_rate, rtol=1e-6)
+  np.testing.assert_allclose(schedule(15000), 1e-6, rtol=1e-3)
