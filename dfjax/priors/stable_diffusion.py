@@ -502,12 +502,20 @@ def _read_msgpack(path):
 
 
 def _read_safetensors(path):
-  """A safetensors file as {name: float32 np.ndarray}."""
+  """A safetensors file as {name: float32 np.ndarray}.
+
+  numpy cannot hold bfloat16 tensors, so files with any are read through jax, on the CPU so
+  that a multi-gigabyte checkpoint does not pass through accelerator memory.
+  """
   import safetensors
   try:
-    # framework="flax" returns jax arrays, which also covers bfloat16 tensors.
-    with safetensors.safe_open(path, framework="flax") as f:
-      return {name: np.asarray(f.get_tensor(name), np.float32) for name in f.keys()}
+    try:
+      with safetensors.safe_open(path, framework="numpy") as f:
+        return {name: np.asarray(f.get_tensor(name), np.float32) for name in f.keys()}
+    except TypeError:  # "data type 'bfloat16' not understood"
+      with jax.default_device(jax.devices("cpu")[0]):
+        with safetensors.safe_open(path, framework="flax") as f:
+          return {name: np.asarray(f.get_tensor(name), np.float32) for name in f.keys()}
   except Exception as error:  # safetensors raises its own error types on corrupt files.
     raise UserError(f"cannot read {path}: {_first_line(error)}") from error
 
