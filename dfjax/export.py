@@ -36,7 +36,7 @@ def turntable_frames(scene, params, *, step: int) -> np.ndarray:
                                         distance=e.video_distance, fov_deg=e.video_fov,
                                         resolution=e.video_resolution)
   preview = jax.jit(functools.partial(train.render_preview, scene), static_argnames="mode")
-  videos = [np.stack([np.asarray(preview(params, camera, step, mode)) for camera in cameras])
+  videos = [np.stack([np.asarray(preview(params, camera, step, mode=mode)) for camera in cameras])
             for mode in ("albedo", "normals", "textureless")]
   return video_lib.side_by_side(videos)
 

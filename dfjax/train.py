@@ -376,7 +376,7 @@ def _log_images(writer, scene: Scene, params, step: int, preview):
   for name, camera in zip(("front", "side", "back", "overhead"),
                           preview_cameras(scene.config, resolution=scene.config.camera.resolution)):
     for mode in ("albedo", "textureless"):
-      images[f"{mode}/{name}"] = jax.device_get(preview(params, camera, step, mode))
+      images[f"{mode}/{name}"] = jax.device_get(preview(params, camera, step, mode=mode))
   writer.write_images(step, images)
 
 
