@@ -171,13 +171,11 @@ def evaluated_object(request):
   obj = toy.OBJECTS[request.param]()
   points = _random_points(5, 5000)
   offsets = np.concatenate([[np.zeros(3)], _FD_STEP * np.eye(3), -_FD_STEP * np.eye(3)])
-
+  around = (points[None] + offsets[:, None]).astype(np.float32)  # [7, P, 3]
   features = np.asarray(obj.front_feature.points if obj.front_feature else np.zeros((1, 3)),
                         np.float32)
-
-  around = (points[None] + offsets[:, None].astype(np.float32)).reshape(-1, 3)  # [7 P, 3]
   # One call of each function on all the points it needs.
-  sdf_points = np.concatenate([_GRID, around, features])
+  sdf_points = np.concatenate([_GRID, around.reshape(-1, 3), features])
   albedo_points = np.concatenate([_GRID, points, features])
 
   @jax.jit
@@ -188,9 +186,9 @@ def evaluated_object(request):
 
   sdf, occupancy, albedo, parts = (np.asarray(v) for v in evaluate(sdf_points, albedo_points,
                                                                    points))
-  grid, num_around = len(_GRID), len(around)
+  grid, num_around = len(_GRID), around.shape[0] * around.shape[1]
   values = dict(grid_sdf=sdf[:grid], occupancy=occupancy[:grid],
-                around=sdf[grid:grid + num_around].reshape(7, -1),
+                around=sdf[grid:grid + num_around].reshape(7, -1), around_points=around,
                 feature_sdf=sdf[grid + num_around:], grid_albedo=albedo[:grid],
                 albedo=albedo[grid:grid + len(points)], feature_albedo=albedo[grid + len(points):],
                 parts=parts)
@@ -204,9 +202,11 @@ def test_objects_are_captioned_nonempty_and_inside_the_radius(evaluated_object):
   inside = _GRID[sdf < 0]
   assert len(inside) > 1000  # At least 0.0046 cubic world units.
   assert np.linalg.norm(inside, axis=-1).max() < toy.OBJECT_RADIUS
-  # 1-Lipschitz: no part of the object can hide between grid points beyond the radius.
-  outer = np.linalg.norm(_GRID, axis=-1) > toy.OBJECT_RADIUS + _GRID_SPACING
-  assert np.all(sdf[outer] > 0)
+  # Every point of the cube within half a grid diagonal of a grid point g lies outside when
+  # sdf(g) exceeds that (the SDF is 1-Lipschitz): nothing hides between the grid points.
+  half_diagonal = np.sqrt(3) / 2 * _GRID_SPACING
+  outer = np.linalg.norm(_GRID, axis=-1) > toy.OBJECT_RADIUS + half_diagonal
+  assert np.all(sdf[outer] > half_diagonal)
   origin = len(_GRID) // 2
   assert not np.any(_GRID[origin]) and sdf[origin] < 0  # The origin is inside.
   np.testing.assert_array_equal(values["occupancy"], sdf < 0)
@@ -224,8 +224,10 @@ def test_object_sdfs_are_lipschitz_and_distances_outside(evaluated_object):
   """
   _, points, values = evaluated_object
   around = values["around"].astype(np.float64)
+  around_points = values["around_points"].astype(np.float64)
+  steps = np.linalg.norm(around_points[1:] - around_points[:1], axis=-1)
   # float32 rounding of values up to 1 is 6e-8, i.e. 6e-5 of a difference quotient.
-  quotients = np.abs(around[1:] - around[:1]) / _FD_STEP
+  quotients = np.abs(around[1:] - around[:1]) / steps
   assert quotients.max() < 1.0 + 1e-4
   gradient_norm = np.linalg.norm((around[1:4] - around[4:7]) / (2 * _FD_STEP), axis=0)
   # Exact (|grad| = 1) except in the smooth unions' seams, which are wide for the duck (blend
@@ -336,6 +338,9 @@ def test_ground_truth_follows_the_world_convention():
   front = toy.render_ground_truth(_SNOWMAN, _camera(0.0, 10.0))
   back = toy.render_ground_truth(_SNOWMAN, _camera(180.0, 10.0))
   assert _orange_pixels(front.rgb) >= 2 and _orange_pixels(back.rgb) == 0
+  nose = _SNOWMAN.front_feature.color
+  assert float(toy.color_fraction(front.rgb, front.alpha, nose)) > 0.005
+  assert float(toy.color_fraction(back.rgb, back.alpha, nose)) == 0.0
   # The nose points at the camera, so it is seen in the central columns.
   orange = np.all(np.abs(np.asarray(front.rgb) - np.asarray(toy._ORANGE)) < 0.12, axis=-1)
   assert np.abs(np.nonzero(orange)[1].mean() - (_BANK_RESOLUTION - 1) / 2) < 1
@@ -506,7 +511,8 @@ def test_get_toy_bank_generates_once_then_reuses_the_file(monkeypatch, tmp_path,
   path = toy.get_toy_bank(**kwargs)
   assert path == toy.toy_bank_path(**kwargs) and path.parent.parent == tmp_path
   assert calls == [dict(shading="lambertian", front_biased=True, seed=5)]
-  assert "Generated the toy image bank" in capsys.readouterr().out
+  printed = capsys.readouterr().out
+  assert printed.startswith("Generating the toy image bank") and printed.count("\n") == 1
   assert len(bank_lib.load_bank(path).images) == 2 * len(toy.OBJECTS)
   modified = os.stat(path).st_mtime_ns
   assert toy.get_toy_bank(**kwargs) == path
