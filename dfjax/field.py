@@ -104,8 +104,9 @@ def density_normals(field_fn: FieldFn, means: jax.Array, cov_diag: jax.Array, *,
     field_fn: (means [..., 3], cov_diag [..., 3]) -> (density [...], albedo [..., 3]); each
       point's output must depend on that point alone.
     means, cov_diag: [..., 3].
-    method: "autodiff" (exact gradient) or "finite_difference" (central differences of
-      step `fd_step` in world units along each axis; six more field evaluations).
+    method: "autodiff" (exact gradient), "finite_difference" (central differences of
+      step `fd_step` in world units along each axis; six more field evaluations) or "none"
+      (zero normals, for albedo-only renders).
 
   Returns:
     density [...], albedo [..., 3], normals [..., 3] (unit length where ∇τ ≠ 0).
@@ -121,6 +122,10 @@ def density_normals(field_fn: FieldFn, means: jax.Array, cov_diag: jax.Array, *,
     plus = [field_fn(means + o, cov_diag)[0] for o in offsets]
     minus = [field_fn(means - o, cov_diag)[0] for o in offsets]
     gradient = jnp.stack([(p - m) / (2 * fd_step) for p, m in zip(plus, minus)], axis=-1)
+  elif method == "none":  # albedo-only renders that need no normals: one field evaluation
+    density, albedo = field_fn(means, cov_diag)
+    return density, albedo, jnp.zeros_like(means)
   else:
-    raise ValueError(f"normals method must be 'autodiff' or 'finite_difference', got {method!r}")
+    raise ValueError(
+        f"normals method must be 'autodiff', 'finite_difference' or 'none', got {method!r}")
   return density, albedo, -_safe_normalize(gradient)

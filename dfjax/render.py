@@ -184,7 +184,8 @@ def render_rays(rays: cameras_lib.Rays, *, field_fn: FieldFn, background_fn: Bac
     background_fn: directions [..., 3] -> colours [..., 3].
     shading: how the samples are lit.
     key: PRNG key for the sample positions.
-    normals: "autodiff" or "finite_difference" (see field.density_normals).
+    normals: "autodiff", "finite_difference" or "none" (see field.density_normals); "none"
+      is only right for albedo-only shading, which does not read normals.
 
   Returns:
     RenderOutput with leading shape [...].
