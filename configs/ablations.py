@@ -1,0 +1,75 @@
+"""The paper's ablations (arXiv:2209.14988 §4, Fig. 6) on the toy world, one arm per run.
+
+Run one arm:
+  python -m dfjax.main --config=configs/ablations.py:no_view_dependence --workdir=runs/janus
+  python -m dfjax.main --config=configs/ablations.py:full,front_biased --workdir=runs/janus_full
+The argument is ARM or ARM,BANK. Every arm is the full method (configs/toy.py) with ONE group
+of fields changed (ARMS below), trained on a toy bank (BANKS below) that makes the ablated
+component matter: view-dependent prompts matter when most photos show the front, lighting
+matters when the photos are shaded. Without ",BANK" an arm uses its study's bank
+(DEFAULT_BANK). The whole study, with metrics against the toy world's ground truth:
+  python experiments/run_ablations.py [--quick]
+"""
+import ml_collections
+
+from configs import toy
+
+# Field overrides of each arm; "full" changes nothing.
+ARMS = {
+    "full": {},
+    # §3.2: the prompt no longer says "front view" / "back view" / ...
+    "no_view_dependence": {"prior.view_dependent": False},
+    # §3.1: albedo only throughout (no lit views, hence no textureless views either).
+    "no_lighting": {"shading.shaded_prob": 0.0},
+    # §3.1: lit views keep their albedo.
+    "no_textureless": {"shading.textureless_prob": 0.0},
+    # App. A.2: no orientation loss and no opacity penalty.
+    "no_regularisers": {"loss.orientation_weight": 0.0, "loss.orientation_weight_start": 0.0,
+                        "loss.opacity_weight": 0.0},
+    # §4 / Fig. 6 discussion: classifier-free guidance scale (the method's default is 100).
+    "guidance_1": {"prior.guidance_scale": 1.0},
+    "guidance_7.5": {"prior.guidance_scale": 7.5},
+    "guidance_30": {"prior.guidance_scale": 30.0},
+    "guidance_100": {"prior.guidance_scale": 100.0},
+}
+
+# Toy banks (fields of config.toy): "uniform" is configs/toy.py's own.
+BANKS = {
+    "uniform": {},
+    "front_biased": {"toy.front_biased": True},  # most views from the front (Janus study)
+    "lambertian": {"toy.shading": "lambertian"},  # shaded photos (lighting studies)
+}
+
+DEFAULT_BANK = {"no_view_dependence": "front_biased", "no_lighting": "lambertian",
+                "no_textureless": "lambertian"}
+
+
+def parse_arm(arg) -> tuple[str, str]:
+  """"ARM" or "ARM,BANK" -> (arm, bank); unknown names raise a one-line ValueError."""
+  arm, _, bank = (arg or "full").partition(",")
+  arm, bank = arm.strip(), bank.strip() or DEFAULT_BANK.get(arm.strip(), "uniform")
+  if arm not in ARMS:
+    raise ValueError(f"unknown ablation arm {arm!r}; choose one of {', '.join(ARMS)} "
+                     "(e.g. --config=configs/ablations.py:no_view_dependence)")
+  if bank not in BANKS:
+    raise ValueError(f"unknown toy bank {bank!r}; choose one of {', '.join(BANKS)} "
+                     "(e.g. --config=configs/ablations.py:full,front_biased)")
+  return arm, bank
+
+
+def overrides(arm: str, bank: str) -> dict:
+  """The dotted fields (and values) in which the arm on the bank differs from configs/toy.py."""
+  return {**BANKS[bank], **ARMS[arm]}
+
+
+def apply_overrides(config: ml_collections.ConfigDict, fields: dict) -> None:
+  for name, value in fields.items():
+    section, key = name.split(".")
+    config[section][key] = value
+
+
+def get_config(arg=None) -> ml_collections.ConfigDict:
+  arm, bank = parse_arm(arg)
+  config = toy.get_config()
+  apply_overrides(config, overrides(arm, bank))
+  return config

@@ -1,0 +1,122 @@
+"""The ablation scores on cases whose values are known (dfjax.ablation_metrics)."""
+import dataclasses
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dfjax import ablation_metrics as am
+from dfjax import cameras
+from dfjax import metrics
+from dfjax import toy
+
+RESOLUTION = 40
+
+
+def mirrored_front(obj):
+  """The object with a mirror copy (x -> -x) of every part: a second front at the back."""
+
+  def part_distances(xyz):
+    x, y, z = xyz
+    return tuple(jnp.minimum(a, b) for a, b in zip(obj.part_distances((x, y, z)),
+                                                   obj.part_distances((-x, y, z))))
+
+  return dataclasses.replace(obj, part_distances=part_distances)
+
+
+def views(obj, azimuths):
+  renders = [toy.render_ground_truth(obj, cameras.camera_from_angles(
+      azimuth_deg=a, elevation_deg=15.0, distance=1.45, fov_deg=52.0, width=RESOLUTION,
+      height=RESOLUTION), num_steps=100) for a in azimuths]
+  return (np.stack([np.asarray(r.rgb) for r in renders]),
+          np.stack([np.asarray(r.alpha) for r in renders]))
+
+
+@pytest.fixture(scope="module")
+def snowman_views():
+  obj = toy.snowman()
+  front = views(obj, (20.0, 0.0, 340.0))
+  back = views(obj, (160.0, 180.0, 200.0))
+  janus_back = views(mirrored_front(obj), (160.0, 180.0, 200.0))
+  return obj, front, back, janus_back
+
+
+def janus(obj, back, front):
+  return am.janus_score(*back, *front, palette=obj.part_colors,
+                        feature_index=obj.part_colors.index(obj.front_feature.color))
+
+
+def test_janus_score_is_zero_for_the_true_object_and_about_one_for_a_doubled_front(
+    snowman_views):
+  obj, front, back, janus_back = snowman_views
+  assert am.feature_fraction(*front, palette=obj.part_colors, feature_index=1) > 0.005
+  assert janus(obj, back, front) == 0.0
+  # The mirrored copy's back view is the front view flipped left-right (the azimuths mirror
+  # too), so it shows the same nose pixels up to the sphere tracer's edge pixels.
+  assert janus(obj, janus_back, front) == pytest.approx(1.0, abs=0.1)
+
+
+def test_janus_score_of_an_object_without_visible_front_feature_is_nan(snowman_views):
+  obj, front, back, _ = snowman_views
+  assert np.isnan(janus(obj, back, back))
+
+
+def test_feature_pixels_take_the_nearest_palette_colour_within_range():
+  palette = [(0.98, 0.85, 0.15), (1.0, 0.5, 0.05)]  # duck yellow, beak orange
+  rgb = np.array([[(1.0, 0.5, 0.05), (1.0, 0.7, 0.1), (0.98, 0.6, 0.12), (0.0, 0.0, 1.0)]])
+  alpha = np.array([[1.0, 1.0, 0.2, 1.0]])
+  # Orange: yes. Halfway yellow-orange, but nearer yellow: no. Orange but off the object: no.
+  # Blue: nearest orange? No: too far from it.
+  np.testing.assert_array_equal(
+      am.feature_pixels(rgb, alpha, palette=palette, feature_index=1),
+      [[True, False, False, False]])
+  assert am.feature_fraction(rgb, alpha, palette=palette, feature_index=1) == pytest.approx(1 / 3)
+
+
+def test_baked_shading_correlation_is_one_for_baked_cosine_and_zero_for_flat_albedo():
+  rng = np.random.default_rng(0)
+  normals = rng.normal(size=(2, 16, 16, 3))
+  normals /= np.linalg.norm(normals, axis=-1, keepdims=True)
+  directions = np.broadcast_to([0.0, 0.0, -1.0], normals.shape)
+  cosine = np.clip(normals[..., 2], 0.0, 1.0)
+  mask = cosine > 0.05
+  true_albedo = rng.choice([0.2, 0.5, 0.9], size=(2, 16, 16, 1)) * np.ones(3)
+  baked = true_albedo * (0.1 + 0.9 * cosine)[..., None]
+  assert am.baked_shading_correlation(baked, true_albedo, normals, directions,
+                                      mask) == pytest.approx(1.0, abs=1e-9)
+  assert am.baked_shading_correlation(0.7 * true_albedo, true_albedo, normals, directions,
+                                      mask) == 0.0
+  noisy = true_albedo * rng.uniform(0.5, 1.5, size=(2, 16, 16, 1))
+  assert abs(am.baked_shading_correlation(noisy, true_albedo, normals, directions, mask)) < 0.15
+  assert np.isnan(am.baked_shading_correlation(baked, true_albedo, normals, directions,
+                                               np.zeros_like(mask)))
+
+
+def test_ground_truth_occupancy_matches_a_sphere_volume_and_scores_of_identical_shapes():
+  obj = toy.ToyObject(caption="a ball",
+                      part_distances=lambda xyz: (toy.sphere(xyz, center=(0, 0, 0), radius=0.4),),
+                      part_colors=((0.5, 0.5, 0.5),))
+  grid = am.ground_truth_occupancy(obj, resolution=40, bound=0.5)
+  voxel_volume = (1.0 / 40)**3
+  # Voxel-counting error of a sphere: well under 2 % at 32 voxels per diameter.
+  assert grid.sum() * voxel_volume == pytest.approx(4 / 3 * np.pi * 0.4**3, rel=0.02)
+  assert metrics.iou(grid, grid) == 1.0
+  assert metrics.iou(grid, np.roll(grid, 40 // 2 + 16, axis=0) & ~grid) == 0.0
+  assert metrics.floater_fraction(grid, grid) == 0.0
+
+
+def test_object_saturation_ignores_the_background():
+  rgb = np.ones((4, 4, 3))
+  rgb[:2] = (1.0, 0.0, 0.0)  # saturation 1 on the object, 0 on the white background
+  alpha = np.zeros((4, 4))
+  alpha[:2] = 1.0
+  assert am.object_saturation(rgb, alpha) == 1.0
+  assert metrics.saturation(rgb) == 0.5
+  assert np.isnan(am.object_saturation(rgb, np.zeros((4, 4))))
+
+
+def test_mean_and_spread_over_seeds():
+  assert am.mean_and_spread([1.0, 3.0, float("nan")]) == (2.0, pytest.approx(np.sqrt(2)), 2)
+  assert am.mean_and_spread([5.0]) == (5.0, 0.0, 1)
+  mean, spread, count = am.mean_and_spread([float("nan")])
+  assert np.isnan(mean) and np.isnan(spread) and count == 0
