@@ -1,0 +1,464 @@
+"""Reproduce the paper's ablations (arXiv:2209.14988 §4, Fig. 6) on the toy world.
+
+Every arm of configs/ablations.py is trained with the closed-form prior on toy objects with a
+distinct front, over several seeds, and scored against the object's known shape and colours
+(dfjax.ablation_metrics). Writes experiments/results/ablations.md (one row per arm and metric,
+mean ± standard deviation over seeds, the paper's expectation and whether the toy world shows
+it) and turntable figures in experiments/results/ablations/.
+
+  python experiments/run_ablations.py --quick      # 1 object, 1 seed, few steps: minutes
+  python experiments/run_ablations.py              # the study (about an hour on 2 CPU cores)
+
+Each run lives in its own workdir under --runs_dir with its scores in scores.json; finished
+runs are reused and interrupted ones resume from their last checkpoint, so the script can be
+restarted at any time.
+"""
+import argparse
+import dataclasses
+import functools
+import json
+import os
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from configs import ablations as ablation_configs  # pylint: disable=g-import-not-at-top
+from dfjax import ablation_metrics
+from dfjax import cameras as cameras_lib
+from dfjax import mesh as mesh_lib
+from dfjax import metrics
+from dfjax import render as render_lib
+from dfjax import shading as shading_lib
+from dfjax import toy
+from dfjax import train
+
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+
+# Evaluation cameras: inside the banks' camera ranges (dfjax.toy), at 12 azimuths.
+EVAL_AZIMUTHS = (0, 20, 45, 90, 135, 160, 180, 200, 225, 270, 315, 340)
+EVAL_ELEVATION, EVAL_DISTANCE, EVAL_FOV, EVAL_RESOLUTION = 15.0, 1.45, 52.0, 64
+# Back views and the true front views they mirror (azimuth a <-> 180 - a).
+BACK_AZIMUTHS, FRONT_AZIMUTHS = (160, 180, 200), (20, 0, 340)
+FIGURE_AZIMUTHS = (0, 90, 180, 270)
+GRID_RESOLUTION, GRID_BOUND = 48, 0.6  # occupancy grid; toy objects lie inside radius 0.52
+
+
+@dataclasses.dataclass(frozen=True)
+class Metric:
+  key: str
+  label: str
+  truth: str  # the known answer (the true object's value)
+  better: str  # "higher" or "lower"
+
+
+METRICS = {m.key: m for m in (
+    Metric("iou", "mesh IoU vs true shape", "1", "higher"),
+    Metric("janus", "front feature seen from behind (Janus score)", "0", "lower"),
+    Metric("normal_error", "normal error (deg)", "0", "lower"),
+    Metric("baked_shading", "shading baked into albedo (corr.)", "0", "lower"),
+    Metric("floaters", "floater fraction", "0", "lower"),
+    Metric("empty_density", "mean density in empty space", "0", "lower"),
+    Metric("psnr", "albedo PSNR at held-out views (dB)", "inf", "higher"),
+    Metric("mask_iou", "silhouette IoU at held-out views", "1", "higher"),
+    Metric("saturation", "colour saturation", "(true object's)", "higher"),
+)}
+
+
+@dataclasses.dataclass(frozen=True)
+class Study:
+  name: str
+  bank: str
+  arms: tuple  # the first is the reference ("full")
+  metrics: tuple
+  expectation: dict  # arm -> the paper's qualitative expectation
+  expected: dict  # (arm, metric) -> "higher"/"lower" than the full method
+
+
+STUDIES = (
+    Study("Janus (view-dependent prompts, §3.2)", "front_biased",
+          ("full", "no_view_dependence"), ("janus", "iou"),
+          {"no_view_dependence": "several faces: the front feature reappears at the back"},
+          {("no_view_dependence", "janus"): "higher", ("no_view_dependence", "iou"): "lower"}),
+    Study("Lighting and textureless shading (§3.1)", "lambertian",
+          ("full", "no_lighting", "no_textureless"), ("iou", "normal_error", "baked_shading"),
+          {"no_lighting": "flat geometry, shading painted into the colour",
+           "no_textureless": "worse geometry (colour explains the image instead of shape)"},
+          {("no_lighting", "iou"): "lower", ("no_lighting", "normal_error"): "higher",
+           ("no_lighting", "baked_shading"): "higher", ("no_textureless", "iou"): "lower",
+           ("no_textureless", "normal_error"): "higher",
+           ("no_textureless", "baked_shading"): "higher"}),
+    Study("Regularisers (App. A.2)", "uniform", ("full", "no_regularisers"),
+          ("floaters", "empty_density", "normal_error", "iou"),
+          {"no_regularisers": "floaters and density in empty space; normals facing away"},
+          {("no_regularisers", "floaters"): "higher",
+           ("no_regularisers", "empty_density"): "higher",
+           ("no_regularisers", "normal_error"): "higher", ("no_regularisers", "iou"): "lower"}),
+    Study("Guidance scale (§3, Fig. 6 setup uses s = 100)", "uniform",
+          ("full", "guidance_1", "guidance_7.5", "guidance_30"),
+          ("psnr", "mask_iou", "saturation"),
+          {a: "low guidance: blurry, mode-averaged, washed-out objects; saturation rises "
+              "with s" for a in ("guidance_30", "guidance_7.5", "guidance_1")},
+          {**{(a, m): "lower" for a in ("guidance_30", "guidance_7.5", "guidance_1")
+              for m in ("psnr", "mask_iou", "saturation")}}),
+)
+
+OBJECT_BY_NAME = {"snowman": toy.snowman, "duck": toy.yellow_duck}
+
+
+def eval_camera(azimuth, *, resolution=EVAL_RESOLUTION):
+  return cameras_lib.camera_from_angles(azimuth_deg=float(azimuth), elevation_deg=EVAL_ELEVATION,
+                                        distance=EVAL_DISTANCE, fov_deg=EVAL_FOV,
+                                        width=resolution, height=resolution)
+
+
+def render_learned(field, params, camera, cov_scale, *, render_settings):
+  """Albedo-only render of a learned field, deterministic (as train.render_preview's)."""
+  num_samples, num_importance, bound_radius, normals, chunk = render_settings
+  return render_lib.render_image(
+      camera, key=jax.random.PRNGKey(0), chunk=chunk,
+      field_fn=functools.partial(field.apply, params["field"]),
+      background_fn=toy.WHITE_BACKGROUND, shading=shading_lib.Shading.albedo_only(),
+      num_samples=num_samples, num_importance=num_importance, bound_radius=bound_radius,
+      cov_scale=cov_scale, randomized=False, normals=normals)
+
+
+@functools.lru_cache(maxsize=None)
+def evaluators(field, render_settings):
+  """Jitted renderer and density of a field architecture, shared by all runs that use it.
+
+  Args:
+    field: the scene's field module (hashable; equal for equal architectures).
+    render_settings: (num_samples, num_importance, bound_radius, normals, chunk).
+
+  Returns:
+    (render(params, camera, cov_scale) -> RenderOutput, density(params, points, cov_scale)).
+  """
+  render = jax.jit(functools.partial(render_learned, field, render_settings=render_settings))
+
+  @jax.jit
+  def density(params, points, cov_scale):
+    return field.apply(params["field"], points, jnp.full_like(points, cov_scale))[0]
+
+  return render, density
+
+
+@functools.lru_cache(maxsize=None)
+def ground_truth(object_name):
+  """True renders at the eval azimuths, and the true occupancy grid, of a toy object."""
+  obj = OBJECT_BY_NAME[object_name]()
+  views = [toy.render_ground_truth(obj, eval_camera(a)) for a in EVAL_AZIMUTHS]
+  stacked = jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *views)
+  occupancy = ablation_metrics.ground_truth_occupancy(obj, resolution=GRID_RESOLUTION,
+                                                      bound=GRID_BOUND)
+  return obj, stacked, occupancy
+
+
+def score_run(scene, params, step, object_name):
+  """Every metric of a finished run against the true object (a dict of floats)."""
+  obj, truth, true_occupancy = ground_truth(object_name)
+  r = scene.config.render
+  render, density_fn = evaluators(scene.field, (r.num_samples, r.num_importance,
+                                                r.bound_radius, r.normals, r.chunk))
+  cov_scale = jnp.float32(train.cov_scale_at(step, scene.config))
+  outs = [jax.device_get(render(params, eval_camera(a), cov_scale)) for a in EVAL_AZIMUTHS]
+  rgb = np.stack([np.clip(o.rgb, 0, 1) for o in outs])
+  alpha = np.stack([o.accumulated_alpha for o in outs])
+  normals = np.stack([o.normals for o in outs])
+  directions = np.stack([o.directions for o in outs])
+  density = mesh_lib.density_grid(lambda points: density_fn(params, points, cov_scale),
+                                  resolution=GRID_RESOLUTION, bound=GRID_BOUND)
+  occupancy = density > scene.config.export.threshold
+  both = (alpha > 0.5) & (truth.alpha > 0.5)
+  scores = dict(
+      iou=metrics.iou(occupancy, true_occupancy),
+      normal_error=metrics.normal_error_deg(normals, truth.normals, both),
+      baked_shading=ablation_metrics.baked_shading_correlation(
+          rgb, truth.rgb, truth.normals, directions, both),
+      floaters=metrics.floater_fraction(occupancy, true_occupancy),
+      empty_density=metrics.empty_space_density(density, true_occupancy),
+      psnr=metrics.psnr(rgb, truth.rgb), mask_iou=metrics.mask_iou(alpha, truth.alpha),
+      saturation=ablation_metrics.object_saturation(rgb, alpha))
+  if obj.front_feature is not None:
+    back = [EVAL_AZIMUTHS.index(a) for a in BACK_AZIMUTHS]
+    front = [EVAL_AZIMUTHS.index(a) for a in FRONT_AZIMUTHS]
+    scores["janus"] = ablation_metrics.janus_score(
+        rgb[back], alpha[back], truth.rgb[front], truth.alpha[front],
+        palette=obj.part_colors, feature_index=obj.part_colors.index(obj.front_feature.color))
+  figure = {a: rgb[EVAL_AZIMUTHS.index(a)] for a in FIGURE_AZIMUTHS}
+  return {k: float(v) for k, v in scores.items()}, figure
+
+
+def truth_scores(object_name):
+  """The metrics of the true object itself (the known answers, e.g. its saturation)."""
+  obj, truth, _ = ground_truth(object_name)
+  scores = dict(saturation=ablation_metrics.object_saturation(truth.rgb, truth.alpha))
+  back = [EVAL_AZIMUTHS.index(a) for a in BACK_AZIMUTHS]
+  front = [EVAL_AZIMUTHS.index(a) for a in FRONT_AZIMUTHS]
+  scores["janus"] = ablation_metrics.janus_score(
+      truth.rgb[back], truth.alpha[back], truth.rgb[front], truth.alpha[front],
+      palette=obj.part_colors, feature_index=obj.part_colors.index(obj.front_feature.color))
+  return scores
+
+
+# ---------------------------------------------------------------------------------------------
+# Runs.
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  arm: str
+  bank: str
+  object_name: str
+  seed: int
+
+  @property
+  def name(self):
+    return f"{self.object_name}/{self.bank}/{self.arm}/seed{self.seed}"
+
+
+def run_config(run: Run, *, steps: int | None):
+  config = ablation_configs.get_config(f"{run.arm},{run.bank}")
+  config.prompt = OBJECT_BY_NAME[run.object_name]().caption
+  config.seed = run.seed
+  config.export.at_end = False
+  config.train.image_every = 0
+  if steps:
+    config.train.steps = steps
+    config.train.checkpoint_every = min(config.train.checkpoint_every, steps)
+  return config
+
+
+def train_and_score(run: Run, runs_dir: str, *, steps: int | None) -> dict:
+  """Train one run (or reuse/resume it) and score it; the scores are cached in its workdir."""
+  workdir = os.path.join(runs_dir, run.name)
+  scores_path = os.path.join(workdir, "scores.json")
+  config = run_config(run, steps=steps)
+  cached = cached_scores(run, runs_dir)
+  if cached and cached["steps"] == config.train.steps:
+    return cached
+  start = time.time()
+  state = train.train_and_evaluate(config, workdir)
+  seconds = time.time() - start
+  params = jax.device_get(jax.tree.map(lambda x: x, state.params))
+  scene = train.create_scene(config, prior=None, camera_kwargs={})
+  scores, figure = score_run(scene, params, config.train.steps, run.object_name)
+  np.savez(os.path.join(workdir, "figure.npz"), **{str(a): v for a, v in figure.items()})
+  result = dict(scores=scores, steps=config.train.steps, train_seconds=seconds,
+                eval_seconds=time.time() - start - seconds)
+  with open(scores_path, "w") as f:
+    json.dump(result, f, indent=1)
+  print(f"{run.name}: {config.train.steps} steps in {seconds:.0f} s; "
+        + ", ".join(f"{k} {v:.3g}" for k, v in scores.items()), flush=True)
+  return result
+
+
+def plan(studies, objects, seeds):
+  """Every distinct run of the studies (a study's "full" on its bank is shared), study by
+  study, so that an interrupted study has whole studies (all seeds) done first."""
+  runs = []
+  for study in studies:
+    for arm in study.arms:
+      for object_name in objects:
+        for seed in seeds:
+          run = Run(arm, study.bank, object_name, seed)
+          if run not in runs:
+            runs.append(run)
+  return runs
+
+
+def cached_scores(run: Run, runs_dir: str):
+  path = os.path.join(runs_dir, run.name, "scores.json")
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
+# ---------------------------------------------------------------------------------------------
+# Table and figures.
+
+
+def format_value(mean, spread, count):
+  if count == 0:
+    return "n/a"
+  return f"{mean:.3g} ± {spread:.2g}" if count > 1 else f"{mean:.3g}"
+
+
+def verdict(differences, expected):
+  """Whether the paired differences (arm - full) go the way the paper expects."""
+  differences = [d for d in differences if np.isfinite(d)]
+  if not differences:
+    return "n/a (no finite values)"
+  sign = 1.0 if expected == "higher" else -1.0
+  agree = sum(sign * d > 0 for d in differences)
+  if agree == len(differences):
+    return f"yes ({agree}/{len(differences)} pairs)"
+  if sign * np.mean(differences) > 0:
+    return f"weakly ({agree}/{len(differences)} pairs, within the seed spread)"
+  return f"**no** ({agree}/{len(differences)} pairs)"
+
+
+def score_of(results, run, key):
+  """A run's score, NaN when the run has not finished (or the object lacks that metric)."""
+  return results[run]["scores"].get(key, float("nan")) if run in results else float("nan")
+
+
+def study_rows(study, results, objects, seeds, truths):
+  rows = []
+  for arm in study.arms:
+    for key in study.metrics:
+      metric = METRICS[key]
+      values = {(o, s): score_of(results, Run(arm, study.bank, o, s), key)
+                for o in objects for s in seeds}
+      full = {(o, s): score_of(results, Run("full", study.bank, o, s), key)
+              for o in objects for s in seeds}
+      truth = metric.truth
+      if key == "saturation":
+        truth = format_value(*ablation_metrics.mean_and_spread([truths[o][key] for o in objects]))
+      if arm == "full":
+        expectation, reproduced = "(reference)", ""
+      else:
+        expected = study.expected.get((arm, key))
+        expectation = f"{expected} than full"
+        reproduced = verdict([values[k] - full[k] for k in values], expected)
+      rows.append(f"| {arm} | {metric.label} | "
+                  f"{format_value(*ablation_metrics.mean_and_spread(values.values()))} | "
+                  f"{truth} | {expectation} | {reproduced} |")
+  return rows
+
+
+def write_table(path, results, *, studies, objects, seeds, steps, command, timings):
+  truths = {o: truth_scores(o) for o in objects}
+  lines = [
+      "# Ablations on the toy world (arXiv:2209.14988 §4, Fig. 6)", "",
+      "Each arm is the full method (configs/toy.py) with one group of fields changed "
+      "(configs/ablations.py), trained with the closed-form prior of a toy bank and scored "
+      "against the true object (dfjax.ablation_metrics, dfjax.metrics). Values are mean ± "
+      "sample standard deviation over "
+      f"{len(objects)} object(s) ({', '.join(objects)}) × {len(seeds)} seed(s) ({seeds}); "
+      "\"reproduced\" compares each arm with the full method on the same object and seed.", "",
+      f"Made by: `{command}`", "",
+      f"Training steps per run: {steps}. {timings}", ""]
+  for study in studies:
+    lines += [f"## {study.name}", "", f"Bank: `{study.bank}`. Command of an arm: "
+              f"`python -m dfjax.main --config=configs/ablations.py:ARM,{study.bank} "
+              "--workdir=DIR`.", "",
+              *[f"- `{arm}`: {text}." for arm, text in study.expectation.items()
+                if arm in study.arms], "",
+              "| arm | metric | value | known answer | paper expects | toy world reproduces? |",
+              "|---|---|---|---|---|---|"]
+    lines += study_rows(study, results, objects, seeds, truths) + [""]
+  lines += [f"Figures: experiments/results/ablations/*.png (seed {seeds[0]}; rows: the true "
+            "object, then each arm; columns: azimuth " + ", ".join(map(str, FIGURE_AZIMUTHS))
+            + f" at {EVAL_ELEVATION:g}° elevation, albedo).", ""]
+  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+  with open(path, "w") as f:
+    f.write("\n".join(lines))
+
+
+def to_uint8(image, scale=2):
+  image = (np.clip(np.asarray(image), 0, 1) * 255).round().astype(np.uint8)
+  return image.repeat(scale, axis=0).repeat(scale, axis=1)
+
+
+def write_figures(directory, runs_dir, *, studies, objects, seed, results):
+  """One PNG per study and object: the true object, then each arm, at FIGURE_AZIMUTHS."""
+  from PIL import Image, ImageDraw  # pylint: disable=g-import-not-at-top
+  os.makedirs(directory, exist_ok=True)
+  label_width, size = 150, 2 * EVAL_RESOLUTION
+  for study in studies:
+    slug = study.name.split()[0].lower()
+    for object_name in objects:
+      _, truth, _ = ground_truth(object_name)
+      rows = [("true object", [truth.rgb[EVAL_AZIMUTHS.index(a)] for a in FIGURE_AZIMUTHS])]
+      for arm in study.arms:
+        if Run(arm, study.bank, object_name, seed) not in results:
+          continue
+        figure = np.load(os.path.join(runs_dir, Run(arm, study.bank, object_name, seed).name,
+                                      "figure.npz"))
+        rows.append((arm, [figure[str(a)] for a in FIGURE_AZIMUTHS]))
+      canvas = Image.new("RGB", (label_width + size * len(FIGURE_AZIMUTHS), size * len(rows)),
+                         "white")
+      draw = ImageDraw.Draw(canvas)
+      for r, (label, images) in enumerate(rows):
+        draw.text((6, r * size + size // 2 - 6), label, fill="black")
+        for c, image in enumerate(images):
+          canvas.paste(Image.fromarray(to_uint8(image)), (label_width + c * size, r * size))
+      canvas.save(os.path.join(directory, f"{slug}_{object_name}.png"))
+
+
+def parse_args(argv):
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--quick", action="store_true",
+                      help="1 object, 1 seed, few steps; results go under --runs_dir only")
+  parser.add_argument("--runs_dir", default=None, help="workdirs of the runs "
+                      "(default runs/ablations, or runs/ablations_quick with --quick)")
+  parser.add_argument("--objects", default=None, help="comma-separated: snowman,duck")
+  parser.add_argument("--seeds", type=int, default=None, help="number of seeds")
+  parser.add_argument("--arms", default=None, help="comma-separated arms to run (default: all "
+                      "of configs/ablations.py's; a study keeps its full method)")
+  parser.add_argument("--table_only", action="store_true",
+                      help="write the table and figures from the finished runs only")
+  parser.add_argument("--steps", type=int, default=None,
+                      help="training steps per run (default: configs/toy.py's)")
+  return parser.parse_args(argv)
+
+
+def main(argv):
+  args = parse_args(argv)
+  objects = (args.objects or ("snowman" if args.quick else "snowman,duck")).split(",")
+  unknown = [o for o in objects if o not in OBJECT_BY_NAME]
+  if unknown:
+    sys.exit(f"error: unknown object {unknown[0]!r}; choose from {', '.join(OBJECT_BY_NAME)}")
+  seeds = list(range(args.seeds or (1 if args.quick else 2)))
+  steps = args.steps or (40 if args.quick else None)
+  runs_dir = args.runs_dir or ("runs/ablations_quick" if args.quick else "runs/ablations")
+  out_md = (os.path.join(runs_dir, "ablations.md") if args.quick
+            else os.path.join(RESULTS, "ablations.md"))
+  out_figures = (os.path.join(runs_dir, "figures") if args.quick
+                 else os.path.join(RESULTS, "ablations"))
+  # --quick: each study's full method and its first ablated arm only.
+  studies = [dataclasses.replace(s, arms=s.arms[:2]) for s in STUDIES] if args.quick else STUDIES
+  if args.arms:
+    chosen = set(args.arms.split(",")) | {"full"}
+    unknown = chosen - set(ablation_configs.ARMS)
+    if unknown:
+      sys.exit(f"error: unknown arm {sorted(unknown)[0]!r}; choose from "
+               f"{', '.join(ablation_configs.ARMS)}")
+    studies = [dataclasses.replace(s, arms=tuple(a for a in s.arms if a in chosen))
+               for s in studies]
+    studies = [s for s in studies if len(s.arms) > 1]
+  runs = plan(studies, objects, seeds)
+  print(f"{len(runs)} runs in {runs_dir}", flush=True)
+  start, results = time.time(), {}
+  for index, run in enumerate(runs):
+    if args.table_only:
+      if cached_scores(run, runs_dir):
+        results[run] = cached_scores(run, runs_dir)
+      continue
+    print(f"[{index + 1}/{len(runs)}] {run.name} ({time.time() - start:.0f} s so far)", flush=True)
+    results[run] = train_and_score(run, runs_dir, steps=steps)
+  if not results:
+    sys.exit(f"error: no finished run in {runs_dir}")
+  train_seconds = [r["train_seconds"] for r in results.values()]
+  steps_done = sorted({r["steps"] for r in results.values()})
+  timings = (f"{len(results)} of {len(runs)} planned runs finished"
+             + ("" if len(results) == len(runs) else " (missing ones count as n/a)")
+             + f"; training took {np.mean(train_seconds):.0f} s per run on average "
+             f"(2 CPU cores shared with other work), {sum(train_seconds) / 60:.0f} min in all.")
+  command = "python experiments/run_ablations.py " + " ".join(argv)
+  write_table(out_md, results, studies=studies, objects=objects, seeds=seeds,
+              steps=", ".join(map(str, steps_done)),
+              command=command.strip(), timings=timings)
+  write_figures(out_figures, runs_dir, studies=studies, objects=objects, seed=seeds[0],
+                results=results)
+  print(f"wrote {out_md} and {out_figures}/ in {time.time() - start:.0f} s", flush=True)
+
+
+if __name__ == "__main__":
+  main(sys.argv[1:])
