@@ -37,7 +37,9 @@ ARMS = {
 BANKS = {
     "uniform": {},
     "front_biased": {"toy.front_biased": True},  # most views from the front (Janus study)
-    "lambertian": {"toy.shading": "lambertian"},  # shaded photos (lighting studies)
+    # Shaded photos (lighting studies), with the paper's lit and textureless views to match:
+    # the full method on an albedo bank (configs/toy.py) renders albedo only.
+    "lambertian": {"toy.shading": "lambertian", "shading.shaded_prob": 0.75},
 }
 
 DEFAULT_BANK = {"no_view_dependence": "front_biased", "no_lighting": "lambertian",
