@@ -1,5 +1,12 @@
-"""Checks of config values, so a bad value stops with one line naming its field."""
+"""Checks of config values, so a bad value stops with one line naming its field.
+
+Both checks are cheap (no JAX, no file reads beyond `os.path`), so the entry point runs them
+before loading anything slow.
+"""
 from __future__ import annotations
+
+import numbers
+import os
 
 from dfjax.errors import UserError
 
@@ -9,6 +16,8 @@ def _range(config, name: str, *, lo=None, hi=None, strictly_increasing=True):
   value = tuple(config[section][key])
   if len(value) != 2:
     raise UserError(f"config.{name} must be a (min, max) pair, got {value}")
+  if not all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in value):
+    raise UserError(f"config.{name} must be two numbers (min, max), got {value}")
   a, b = value
   if strictly_increasing and not a < b:
     raise UserError(f"config.{name} = {value} is an empty range: its min must be below its max")
@@ -67,3 +76,30 @@ def check_config(config) -> None:
   _choice(config, "background.kind", ("mlp", "fixed"))
   _choice(config, "render.normals", ("autodiff", "finite_difference"))
   _choice(config, "optimizer.name", ("adam",))
+
+
+def check_paths(config) -> None:
+  """Raise UserError when the prior's model directory or bank file plainly does not exist.
+
+  A model name that is not a local path ("owner/name") may be a hub id, left to the loader.
+  """
+  kind = config.prior.kind
+  if kind == "stable_diffusion":
+    model = config.prior.model
+    if not model:
+      raise UserError("config.prior.model is empty: pass --config.prior.model=DIR_OR_HUB_ID "
+                      "(a diffusers-format Stable Diffusion directory or hub id)")
+    path = os.path.expanduser(model)
+    local = model.startswith(("/", "./", "../", "~")) or os.path.exists(path)
+    if local and not os.path.isdir(path):
+      problem = "is a file" if os.path.exists(path) else "does not exist"
+      raise UserError(f"config.prior.model={model!r} {problem}; pass a "
+                      "diffusers-format Stable Diffusion directory (unet/, vae/, text_encoder/, "
+                      "tokenizer/, scheduler/) or a hub id such as 'owner/name'")
+  elif kind == "bank":
+    bank = config.prior.bank
+    if not bank:
+      raise UserError("config.prior.bank is empty: pass --config.prior.bank=PATH.npz")
+    if not os.path.isfile(bank):
+      raise UserError(f"config.prior.bank={bank!r}: no such file; pass the path of an "
+                      "image-bank .npz (dfjax.priors.bank)")

@@ -1,6 +1,6 @@
 """Export a run: a coloured mesh by marching cubes and a turntable video.
 
-  python -m dfjax.export --workdir=DIR [--resolution=N] [--threshold=T] [--step=S]
+  python -m dfjax.export --workdir=DIR [--resolution=N] [--threshold=T] [--step=S] [--novideo]
 
 re-exports from any checkpoint of a run (default: the latest). The mesh is the level set
 τ = threshold of the density field (DreamFusion §4, "after optimisation": marching cubes),
@@ -13,13 +13,13 @@ import functools
 import json
 import os
 
-from absl import app
 from absl import flags
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from dfjax import main as main_lib
 from dfjax import mesh as mesh_lib
 from dfjax import video as video_lib
 from dfjax.errors import UserError
@@ -125,11 +125,11 @@ def define_flags():
 
 
 def main(argv):
-  del argv
-  from dfjax import main as main_lib  # pylint: disable=g-import-not-at-top
   with main_lib.user_errors():
+    if len(argv) > 1:
+      raise UserError(f"unexpected arguments {argv[1:]}; flags look like --workdir=DIR --step=S")
     if not FLAGS.workdir:
-      raise UserError("--workdir is required")
+      raise UserError("--workdir is required, e.g. --workdir=runs/toy")
     if FLAGS.resolution is not None and FLAGS.resolution < 8:
       raise UserError(f"--resolution must be at least 8, got {FLAGS.resolution}")
     if FLAGS.threshold is not None and FLAGS.threshold <= 0:
@@ -142,4 +142,4 @@ def main(argv):
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  main_lib.run(main)
