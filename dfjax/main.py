@@ -85,7 +85,7 @@ def _check_config_file(argv) -> None:
                     + ", ".join(os.path.join("configs", name) for name in known))
 
 
-def _unknown_field_message(error: LookupError, argv) -> str | None:
+def _unknown_field_message(error: Exception, argv) -> str | None:
   """'--config.train.stepz: the config has no field 'stepz' (did you mean ...)', or None.
 
   ml_collections raises a KeyError (or an AttributeError wrapping one) whose message is the

@@ -1,11 +1,16 @@
 """End-to-end tests of the command line: resuming, SIGTERM, bad input, export, config changes.
 
 Every check runs `python -m dfjax.main` / `python -m dfjax.export` in a subprocess, on a tiny
-random image bank (16 images of 8×8) and a tiny field, one CPU device. The reference run and
-the run to interrupt train concurrently; once the reference is done, the bad-input,
-export and config-change commands start in the background (each on its own copy of the
-finished run) while the interrupted run is resumed in the foreground. A persistent JAX
-compilation cache shared by the subprocesses means the step is compiled about once.
+random image bank (16 images of 8×8) and a tiny field, on one CPU device. The order, chosen
+for the wall-clock time on two cores:
+1. the reference run starts; once it has compiled its step (into a persistent compilation
+   cache shared by all the commands), the same command starts in a second workdir and is
+   SIGKILLed after its first checkpoint;
+2. the bad-input, export and config-change commands start in the background, each on its
+   own copy of the finished reference run;
+3. meanwhile the killed run is started again with the same command, and a copy of it is
+   continued with a changed config (--allow_config_change) and stopped with SIGTERM.
+The tests then check what each command did.
 """
 import dataclasses
 import json
@@ -32,9 +37,9 @@ STEPS = 48
 CHECKPOINT_EVERY = 4
 EXPORT_STEP = 8
 PROMPT = "a thing"
-TIMEOUT = 600
+TIMEOUT = 600  # seconds for any one command; a hang fails instead of blocking the suite
 # A config change that leaves the compiled step as it is (so the compilation cache serves).
-CHANGED_CONFIG = "--config.train.keep_checkpoints=99"  # seconds for any one command; a hang fails instead of blocking the suite
+CHANGED_CONFIG = "--config.train.keep_checkpoints=99"
 
 
 def tiny_flags(bank_path: str) -> list[str]:
@@ -105,18 +110,25 @@ class Cli:
     xla_flags = re.sub(r"--xla_force_host_platform_device_count=\d+", "",
                        self.env.get("XLA_FLAGS", ""))
     self.env["XLA_FLAGS"] = f"{xla_flags} --xla_backend_optimization_level=0".strip()
-    self._count = 0
+    self.jobs = []
+
+  def close(self) -> None:
+    """Kills the commands still running (a failed test may leave some)."""
+    for job in self.jobs:
+      if job.process.poll() is None:
+        job.process.kill()
+        job.process.wait()
 
   def path(self, name: str) -> str:
     return os.path.join(self.root, name)
 
   def start(self, module: str, *args: str) -> Job:
-    self._count += 1
-    out, err = (self.path(f"job{self._count}.{s}") for s in ("stdout", "stderr"))
+    out, err = (self.path(f"job{len(self.jobs)}.{s}") for s in ("stdout", "stderr"))
     with open(out, "w") as stdout, open(err, "w") as stderr:
       process = subprocess.Popen([sys.executable, "-m", module, *args], cwd=REPO_ROOT,
                                  env=self.env, stdout=stdout, stderr=stderr)
-    return Job(process, out, err)
+    self.jobs.append(Job(process, out, err))
+    return self.jobs[-1]
 
   def train(self, workdir: str, *extra: str) -> Job:
     return self.start("dfjax.main", *tiny_flags(self.bank), f"--workdir={workdir}", *extra)
@@ -142,6 +154,16 @@ def wait_for_checkpoint_after(job: Job, workdir: str, step: int) -> int:
                   f"step {step}:\n{job.stderr[-2000:]}")
     time.sleep(0.01)
   pytest.fail(f"no checkpoint after step {step} in {workdir} within {TIMEOUT} s")
+
+
+def wait_for_file(job: Job, path: str) -> None:
+  """Polls until `path` exists, failing if the command ends first."""
+  deadline = time.monotonic() + TIMEOUT
+  while not os.path.exists(path):
+    if job.process.poll() is not None or time.monotonic() > deadline:
+      pytest.fail(f"{path} did not appear (status {job.process.poll()}):\n"
+                  f"{job.stderr[-2000:]}")
+    time.sleep(0.01)
 
 
 def snapshot(directory: str) -> dict[str, bytes]:
@@ -193,25 +215,19 @@ def assert_one_line_error(job: Job, *fragments: str) -> None:
 # The runs.
 
 
+@pytest.fixture(scope="module")
+def cli(tmp_path_factory):
+  commands = Cli(tmp_path_factory.mktemp("cli"))
+  yield commands
+  commands.close()
+
+
 @dataclasses.dataclass
 class Runs:
   reference: str      # workdir of the uninterrupted run
   interrupted: str    # workdir of the run killed with SIGKILL after its first checkpoint
   killed_after: int   # the latest complete checkpoint when the kill landed
-
-
-@pytest.fixture(scope="module")
-def cli(tmp_path_factory):
-  return Cli(tmp_path_factory.mktemp("cli"))
-
-
-def wait_for_file(job: Job, path: str) -> None:
-  deadline = time.monotonic() + TIMEOUT
-  while not os.path.exists(path):
-    if job.process.poll() is not None or time.monotonic() > deadline:
-      pytest.fail(f"{path} did not appear (status {job.process.poll()}):\n"
-                  f"{job.stderr[-2000:]}")
-    time.sleep(0.01)
+  reference_job: Job
 
 
 @pytest.fixture(scope="module")
@@ -232,7 +248,7 @@ def runs(cli):
   reference_job.wait()
   assert reference_job.returncode == 0, reference_job.stderr[-3000:]
   assert complete_steps(reference)[-1] == STEPS
-  return Runs(reference, interrupted, killed_after)
+  return Runs(reference, interrupted, killed_after, reference_job)
 
 
 def copy_of_reference(cli: Cli, runs: Runs, name: str) -> str:
@@ -361,6 +377,15 @@ def test_sigterm_saves_the_current_step_and_exits_cleanly(runs, restarts):
   assert all(logged[s]["loss"] == reference[s]["loss"] for s in logged)
 
 
+def test_a_run_prints_progress_lines_only(runs):
+  """No library deprecation warnings or absl INFO logs (orbax logs every save) on stderr:
+  only the progress lines, one per logged step."""
+  lines = runs.reference_job.stderr.splitlines()
+  assert len(lines) == STEPS and all(re.match(rf"step {i + 1}/{STEPS} ", line)
+                                     for i, line in enumerate(lines)), lines[:5]
+  assert runs.reference_job.stdout == ""
+
+
 def test_resumed_metrics_match_the_uninterrupted_run(runs, restarts):
   """After the kill and restart, metrics.jsonl holds each step once, with the reference's
   losses (the runs compute bitwise the same steps)."""
@@ -426,6 +451,7 @@ def test_export_from_a_chosen_checkpoint(background_jobs):
   job, workdir = background_jobs["export"]
   job.wait()
   assert job.returncode == 0, job.stderr[-3000:]
+  assert not job.stderr, job.stderr[-3000:]  # no library warnings or logs
   assert f"at step {EXPORT_STEP}:" in job.stdout
   for name in ("mesh.ply", "mesh.glb", "turntable.gif"):
     assert os.path.getsize(os.path.join(workdir, name)) > 0, name
