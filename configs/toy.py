@@ -13,7 +13,7 @@ toy captions.
 
 Departures from bank.py, for CPU time: 32×32 renders, a 2×32 field, 32 samples per ray
 inside a bounding sphere of radius 0.9 (every toy object lies within 0.52 of the origin),
-and 1000 steps.
+and 800 steps.
 """
 import ml_collections
 
@@ -35,7 +35,7 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
   config.field.hidden_units = 32
   config.render.num_samples = 32
   config.render.bound_radius = 0.9
-  config.train.steps = 1000
+  config.train.steps = 800
   config.train.log_every = 25
   config.train.image_every = 250
   config.train.checkpoint_every = 250
