@@ -26,7 +26,7 @@ ARMS = {
     # App. A.2: no orientation loss and no opacity penalty.
     "no_regularisers": {"loss.orientation_weight": 0.0, "loss.orientation_weight_start": 0.0,
                         "loss.opacity_weight": 0.0},
-    # §4 / Fig. 6 discussion: classifier-free guidance scale (the method's default is 100).
+    # Classifier-free guidance scale s; the paper uses s = 100 (§3), configs/toy.py its own.
     "guidance_1": {"prior.guidance_scale": 1.0},
     "guidance_7.5": {"prior.guidance_scale": 7.5},
     "guidance_30": {"prior.guidance_scale": 30.0},

@@ -78,10 +78,11 @@ METRICS = {m.key: m for m in (
 class Study:
   name: str
   bank: str
-  arms: tuple  # the first is the reference ("full")
+  arms: tuple  # the first is the reference
   metrics: tuple
   expectation: dict  # arm -> the paper's qualitative expectation
-  expected: dict  # (arm, metric) -> "higher"/"lower" than the full method
+  expected: dict  # (arm, metric) -> "higher"/"lower" than the reference arm
+  reference: str = "full"
 
 
 STUDIES = (
@@ -104,12 +105,13 @@ STUDIES = (
            ("no_regularisers", "empty_density"): "higher",
            ("no_regularisers", "normal_error"): "higher", ("no_regularisers", "iou"): "lower"}),
     Study("Guidance scale (§3, Fig. 6 setup uses s = 100)", "uniform",
-          ("full", "guidance_1", "guidance_7.5", "guidance_30"),
+          ("guidance_100", "guidance_1", "guidance_7.5", "guidance_30"),
           ("psnr", "mask_iou", "saturation"),
           {a: "low guidance: blurry, mode-averaged, washed-out objects; saturation rises "
               "with s" for a in ("guidance_30", "guidance_7.5", "guidance_1")},
           {**{(a, m): "lower" for a in ("guidance_30", "guidance_7.5", "guidance_1")
-              for m in ("psnr", "mask_iou", "saturation")}}),
+              for m in ("psnr", "mask_iou", "saturation")}},
+          reference="guidance_100"),
 )
 
 OBJECT_BY_NAME = {"snowman": toy.snowman, "duck": toy.yellow_duck}
@@ -244,6 +246,9 @@ def train_and_score(run: Run, runs_dir: str, *, steps: int | None) -> dict:
   scores_path = os.path.join(workdir, "scores.json")
   config = run_config(run, steps=steps)
   cached = cached_scores(run, runs_dir)
+  if cached and cached.get("config") != json.loads(config.to_json(sort_keys=True)):
+    sys.exit(f"error: {workdir} was made with a different config (configs/toy.py changed?); "
+             "pass a new --runs_dir to run the study with the current one")
   if cached and cached["steps"] == config.train.steps:
     return cached
   start = time.time()
@@ -257,6 +262,7 @@ def train_and_score(run: Run, runs_dir: str, *, steps: int | None) -> dict:
   scores, figure = score_run(scene, params, config.train.steps, run.object_name)
   np.savez(os.path.join(workdir, "figure.npz"), **{str(a): v for a, v in figure.items()})
   result = dict(scores=scores, steps=config.train.steps, train_seconds=seconds,
+                config=json.loads(config.to_json(sort_keys=True)),
                 eval_seconds=time.time() - start - seconds)
   with open(scores_path, "w") as f:
     json.dump(result, f, indent=1)
@@ -323,16 +329,16 @@ def study_rows(study, results, objects, seeds, truths):
       metric = METRICS[key]
       values = {(o, s): score_of(results, Run(arm, study.bank, o, s), key)
                 for o in objects for s in seeds}
-      full = {(o, s): score_of(results, Run("full", study.bank, o, s), key)
+      full = {(o, s): score_of(results, Run(study.reference, study.bank, o, s), key)
               for o in objects for s in seeds}
       truth = metric.truth
       if key == "saturation":
         truth = format_value(*ablation_metrics.mean_and_spread([truths[o][key] for o in objects]))
-      if arm == "full":
+      if arm == study.reference:
         expectation, reproduced = "(reference)", ""
       else:
         expected = study.expected.get((arm, key))
-        expectation = f"{expected} than full"
+        expectation = f"{expected} than {study.reference}"
         reproduced = verdict([values[k] - full[k] for k in values], expected)
       rows.append(f"| {arm} | {metric.label} | "
                   f"{format_value(*ablation_metrics.mean_and_spread(values.values()))} | "
@@ -347,11 +353,11 @@ FORMED_MASK_IOU = 0.6
 
 def formation_note(study, results, objects, seeds):
   """A plain warning when the study's full method has not formed the object."""
-  full = [score_of(results, Run("full", study.bank, o, s), "mask_iou")
+  full = [score_of(results, Run(study.reference, study.bank, o, s), "mask_iou")
           for o in objects for s in seeds]
   mean, _, count = ablation_metrics.mean_and_spread(full)
   if count == 0:
-    return ["**Not run** in this study (no finished run of the full method).", ""]
+    return [f"**Not run** in this study (no finished run of {study.reference}).", ""]
   if mean >= FORMED_MASK_IOU:
     return []
   return [f"**The toy world does not reproduce this ablation at this training length**: the "
@@ -456,7 +462,7 @@ def main(argv):
   # --quick: each study's full method and its first ablated arm only.
   studies = [dataclasses.replace(s, arms=s.arms[:2]) for s in STUDIES] if args.quick else STUDIES
   if args.arms:
-    chosen = set(args.arms.split(",")) | {"full"}
+    chosen = set(args.arms.split(",")) | {s.reference for s in STUDIES}
     unknown = chosen - set(ablation_configs.ARMS)
     if unknown:
       sys.exit(f"error: unknown arm {sorted(unknown)[0]!r}; choose from "
@@ -482,6 +488,11 @@ def main(argv):
              + ("" if len(results) == len(runs) else " (missing ones count as n/a)")
              + f"; training took {np.mean(train_seconds):.0f} s per run on average "
              f"(2 CPU cores shared with other work), {sum(train_seconds) / 60:.0f} min in all.")
+  warmup = ablation_configs.get_config("full").shading.albedo_warmup_steps
+  if min(steps_done) <= warmup:
+    timings += (f" configs/toy.py renders albedo only for the first {warmup} steps "
+                "(shading.albedo_warmup_steps): runs this short never see lighting or "
+                "textureless shading, so no_lighting and no_textureless equal the full method.")
   command = "python experiments/run_ablations.py " + " ".join(
       a for a in argv if a != "--table_only")
   write_table(out_md, results, studies=studies, objects=objects, seeds=seeds,
