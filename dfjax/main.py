@@ -119,6 +119,8 @@ def parse_flags(argv) -> list[str]:
     try:
       remaining = FLAGS(argv)
     except flags.Error as error:
+      if "Traceback (most recent call last)" in str(error):  # the config file itself raised
+        raise UserError(_config_load_message(error, argv)) from None
       raise UserError(f"{one_line(error)} (see --helpshort)") from None
     except (KeyError, AttributeError) as error:
       message = _unknown_field_message(error, argv)
@@ -135,7 +137,7 @@ def _config_load_message(error: Exception, argv) -> str:
   """`--config=FILE` failed to import or to run: its last line says why."""
   lines = [line.strip() for line in str(error).splitlines() if line.strip()]
   reason = lines[-1] if lines else ""
-  if not reason.startswith(type(error).__name__):
+  if not re.match(r"^\w+(Error|Exception): ", reason):
     reason = f"{type(error).__name__}: {reason}" if reason else type(error).__name__
   return f"cannot load --config={_config_file_argument(argv)}: {reason}"
 
