@@ -364,7 +364,7 @@ def render_preview(scene: Scene, params, camera: cameras_lib.Camera, step, *, mo
       background_fn=scene.background_fn(params), shading=shading,
       num_samples=config.render.num_samples, num_importance=config.render.num_importance,
       bound_radius=config.render.bound_radius, cov_scale=cov_scale_at(step, config),
-      randomized=False, normals=config.render.normals)
+      randomized=False, normals="none" if mode == "albedo" else config.render.normals)
   if mode == "normals":
     alpha = out.accumulated_alpha[..., None]
     return jnp.clip(0.5 * out.normals + 0.5 * alpha + (1.0 - alpha), 0.0, 1.0)
