@@ -5,7 +5,6 @@ the model is saved in Flax format, loaded through load_clip and, as the referenc
 PyTorch, and the normalised embeddings must agree, which checks tokenisation, image resizing,
 normalisation, channel order and pooling end to end.
 """
-import json
 import shutil
 import warnings
 
@@ -16,8 +15,8 @@ import torch
 from transformers import (CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTokenizer,
                           FlaxCLIPModel)
 from transformers.modeling_flax_pytorch_utils import load_flax_weights_in_pytorch_model
-from transformers.models.clip.tokenization_clip import bytes_to_unicode
 
+import clip_fixtures
 from dfjax import clip_eval
 from dfjax.errors import UserError
 
@@ -25,36 +24,14 @@ CAPTIONS = ["a red apple", "a blue car on a road", "an owl", "a wooden chair", "
 MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
 
 
-def tiny_tokenizer(directory):
-  """A valid CLIP BPE tokenizer with byte-level symbols only (no merges)."""
-  symbols = list(bytes_to_unicode().values())
-  tokens = symbols + [s + "</w>" for s in symbols] + ["<|startoftext|>", "<|endoftext|>"]
-  (directory / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(tokens)}))
-  (directory / "merges.txt").write_text("#version: 0.2\n")
-  return CLIPTokenizer(str(directory / "vocab.json"), str(directory / "merges.txt"),
-                       pad_token="<|endoftext|>")
-
-
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
   """A tiny random CLIP saved in Flax format with its tokenizer and image processor."""
   directory = tmp_path_factory.mktemp("tiny_clip")
-  tokenizer = tiny_tokenizer(directory)
-  shared = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2,
-                num_attention_heads=4)
-  config = CLIPConfig(
-      text_config=dict(vocab_size=len(tokenizer), max_position_embeddings=24,
-                       bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                       pad_token_id=tokenizer.pad_token_id, **shared),
-      vision_config=dict(image_size=32, patch_size=8, **shared), projection_dim=16)
-  model = FlaxCLIPModel(config, _do_init=False)
-  # Random weights from the parameter shapes: tracing only, no (slow, eager) Flax init.
-  shapes = jax.eval_shape(lambda key: model.init_weights(key, model.input_shape),
-                          jax.random.PRNGKey(0))
-  rng = np.random.default_rng(0)
-  params = jax.tree.map(lambda s: (0.1 * rng.standard_normal(s.shape)).astype(s.dtype), shapes)
-  model.save_pretrained(directory, params=params)
-  tokenizer.save_pretrained(directory)
+  clip_fixtures.write_tiny_clip(
+      directory, hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+      num_attention_heads=4, max_position_embeddings=24, image_size=32, patch_size=8,
+      projection_dim=16)
   CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32},
                      image_mean=list(MEAN), image_std=list(STD)).save_pretrained(directory)
   return directory

@@ -4,16 +4,14 @@ The reference for the score is dfjax.clip_eval itself, fed the same renders: the
 print the fraction of its renders whose top caption is the prompt, and the paper's Table 1
 numbers for the CLIP's architecture (here a tiny one, so "not reported").
 """
-import json
 import re
 
 from absl import flags
 import jax
 import numpy as np
 import pytest
-from transformers import CLIPConfig, CLIPTokenizer, FlaxCLIPModel
-from transformers.models.clip.tokenization_clip import bytes_to_unicode
 
+import clip_fixtures
 from configs import bank as bank_config
 from dfjax import cameras, clip_eval, evaluate, export, train
 from dfjax.priors import bank as bank_lib
@@ -27,25 +25,10 @@ CAPTIONS = [PROMPT, "another thing", "a red apple", "a small boat"]
 def clip_dir(tmp_path_factory):
   """A tiny random CLIP in Flax format with a byte-level tokenizer (no downloads)."""
   directory = tmp_path_factory.mktemp("tiny_clip")
-  symbols = list(bytes_to_unicode().values())
-  tokens = symbols + [s + "</w>" for s in symbols] + ["<|startoftext|>", "<|endoftext|>"]
-  (directory / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(tokens)}))
-  (directory / "merges.txt").write_text("#version: 0.2\n")
-  tokenizer = CLIPTokenizer(str(directory / "vocab.json"), str(directory / "merges.txt"),
-                            pad_token="<|endoftext|>")
-  shared = dict(hidden_size=16, intermediate_size=16, num_hidden_layers=1, num_attention_heads=2)
-  config = CLIPConfig(
-      text_config=dict(vocab_size=len(tokenizer), max_position_embeddings=16,
-                       bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                       pad_token_id=tokenizer.pad_token_id, **shared),
-      vision_config=dict(image_size=16, patch_size=8, **shared), projection_dim=8)
-  model = FlaxCLIPModel(config, _do_init=False)
-  shapes = jax.eval_shape(lambda key: model.init_weights(key, model.input_shape),
-                          jax.random.PRNGKey(0))
-  rng = np.random.default_rng(0)
-  params = jax.tree.map(lambda s: (0.1 * rng.standard_normal(s.shape)).astype(s.dtype), shapes)
-  model.save_pretrained(directory, params=params)
-  tokenizer.save_pretrained(directory)
+  clip_fixtures.write_tiny_clip(
+      directory, hidden_size=16, intermediate_size=16, num_hidden_layers=1,
+      num_attention_heads=2, max_position_embeddings=16, image_size=16, patch_size=8,
+      projection_dim=8)
   return directory
 
 
