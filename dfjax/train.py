@@ -215,9 +215,8 @@ def apply_gradients(state: TrainState, grads, optimizer) -> tuple[TrainState, di
                      "nonfinite_steps": new_state.nonfinite_steps.astype(jnp.float32)}
 
 
-def _step_body(state, prior_params, device_index, *, scene, optimizer, reduce):
-  grads, metrics = device_gradients(state, prior_params, device_index, scene=scene)
-  grads, metrics = reduce((grads, metrics))
+def _update(state, grads, metrics, *, scene, optimizer):
+  """Apply the device-averaged gradients; metrics gain the update's and the learning rate."""
   state, update_metrics = apply_gradients(state, grads, optimizer)
   learning_rate = learning_rate_schedule(scene.config)(state.step - 1)
   return state, dict(metrics, **update_metrics, learning_rate=learning_rate)
@@ -237,10 +236,10 @@ def make_train_step(scene: Scene, optimizer, mesh: jax.sharding.Mesh):
   averages gradients and metrics, so every device applies the same update to its replica.
   """
   def per_device(state, prior_params):
-    index = jax.lax.axis_index(DATA_AXIS)
-    reduce = lambda tree: jax.lax.pmean(tree, DATA_AXIS)
-    return _step_body(state, prior_params, index, scene=scene, optimizer=optimizer,
-                      reduce=reduce)
+    grads, metrics = device_gradients(state, prior_params, jax.lax.axis_index(DATA_AXIS),
+                                      scene=scene)
+    grads, metrics = jax.lax.pmean((grads, metrics), DATA_AXIS)
+    return _update(state, grads, metrics, scene=scene, optimizer=optimizer)
 
   # check_vma=False: with varying-axis typing on, the gradient w.r.t. a replicated input is
   # already summed over devices by the transpose of the implicit broadcast, and the pmean
@@ -257,15 +256,10 @@ def reference_step(state: TrainState, prior_params, *, scene: Scene, optimizer,
 
   Used by tests to check the sharded step, and to debug without a mesh.
   """
-  def all_devices(state, prior_params, _):
-    per_index = lambda i: device_gradients(state, prior_params, i, scene=scene)
-    return jax.tree.map(lambda x: jnp.mean(x, axis=0), jax.vmap(per_index)(
-        jnp.arange(num_devices)))
-
-  grads, metrics = all_devices(state, prior_params, None)
-  state, update_metrics = apply_gradients(state, grads, optimizer)
-  learning_rate = learning_rate_schedule(scene.config)(state.step - 1)
-  return state, dict(metrics, **update_metrics, learning_rate=learning_rate)
+  per_index = lambda i: device_gradients(state, prior_params, i, scene=scene)
+  grads, metrics = jax.tree.map(lambda x: jnp.mean(x, axis=0),
+                                jax.vmap(per_index)(jnp.arange(num_devices)))
+  return _update(state, grads, metrics, scene=scene, optimizer=optimizer)
 
 
 def replicate(tree, mesh: jax.sharding.Mesh):

@@ -315,26 +315,28 @@ def cast_floating(tree, dtype):
   return jax.tree.map(cast, tree)
 
 
+def _load_component(root, name, module_class, supports, compute_dtype):
+  """A Flax module built from `root/name/config.json` and its float32 weights."""
+  folder = _component_dir(root, name)
+  config_path = os.path.join(folder, "config.json")
+  config = _read_json(config_path)
+  _check_supported(config, supports, config_path)
+  module = _module_from_config(module_class, config, folder, compute_dtype)
+  abstract = jax.eval_shape(module.init_weights, jax.random.PRNGKey(0))
+  return module, load_weights(folder, abstract, join_indices=True), folder
+
+
 def _load_unet(root, compute_dtype):
   """The Flax U-Net module and its float32 weights from `root/unet`."""
-  unet_class, _ = flax_model_classes()
-  folder = _component_dir(root, "unet")
-  config = _read_json(os.path.join(folder, "config.json"))
-  _check_supported(config, _UNET_FLAX_SUPPORTS, os.path.join(folder, "config.json"))
-  unet = _module_from_config(unet_class, config, folder, compute_dtype)
-  abstract = jax.eval_shape(unet.init_weights, jax.random.PRNGKey(0))
-  return unet, load_weights(folder, abstract, join_indices=True)
+  unet, weights, _ = _load_component(root, "unet", flax_model_classes()[0],
+                                     _UNET_FLAX_SUPPORTS, compute_dtype)
+  return unet, weights
 
 
 def _load_vae(root, compute_dtype, *, unet):
   """The Flax VAE module, its encoder's float32 weights and the `LatentSpace`."""
-  _, vae_class = flax_model_classes()
-  folder = _component_dir(root, "vae")
-  config = _read_json(os.path.join(folder, "config.json"))
-  _check_supported(config, _VAE_FLAX_SUPPORTS, os.path.join(folder, "config.json"))
-  vae = _module_from_config(vae_class, config, folder, compute_dtype)
-  abstract = jax.eval_shape(vae.init_weights, jax.random.PRNGKey(0))
-  weights = load_weights(folder, abstract, join_indices=True)
+  vae, weights, folder = _load_component(root, "vae", flax_model_classes()[1],
+                                         _VAE_FLAX_SUPPORTS, compute_dtype)
   if vae.latent_channels != unet.in_channels:
     raise UserError(f"{folder}: latent_channels {vae.latent_channels} differs from the U-Net's "
                     f"in_channels {unet.in_channels}; the components must come from the same "
