@@ -38,8 +38,11 @@ BANKS = {
     "uniform": {},
     "front_biased": {"toy.front_biased": True},  # most views from the front (Janus study)
     # Shaded photos (lighting studies), with the paper's lit and textureless views to match:
-    # the full method on an albedo bank (configs/toy.py) renders albedo only.
-    "lambertian": {"toy.shading": "lambertian", "shading.shaded_prob": 0.75},
+    # the full method on an albedo bank (configs/toy.py) renders albedo only. The albedo-only
+    # warm-up is cut from 300 to 100 steps so that a short study run is mostly lit (the paper
+    # warms up for 1000 of 15000 steps).
+    "lambertian": {"toy.shading": "lambertian", "shading.shaded_prob": 0.75,
+                   "shading.albedo_warmup_steps": 100},
 }
 
 DEFAULT_BANK = {"no_view_dependence": "front_biased", "no_lighting": "lambertian",

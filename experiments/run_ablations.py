@@ -7,8 +7,8 @@ mean ± standard deviation over seeds, the paper's expectation and whether the t
 it) and turntable figures in experiments/results/ablations/.
 
   python experiments/run_ablations.py --quick   # pipeline check: 7 runs of 30 steps, 1 seed
-  python experiments/run_ablations.py           # snowman x 2 seeds x every arm (20 runs)
-  python experiments/run_ablations.py --objects=snowman,duck --seeds=3   # larger
+  python experiments/run_ablations.py           # yellow_duck x 2 seeds x every arm
+  python experiments/run_ablations.py --objects=yellow_duck,house --seeds=3   # larger
   python experiments/run_ablations.py --arms=no_view_dependence --steps=600   # smaller
 Each run trains for configs/toy.py's step count unless --steps is given; a run costs about as
 much as the toy quick start (README), so size the study with --arms, --seeds and --steps.
@@ -114,7 +114,10 @@ STUDIES = (
           reference="guidance_100"),
 )
 
-OBJECT_BY_NAME = {"snowman": toy.snowman, "duck": toy.yellow_duck}
+# Toy objects by name; the Janus score needs one with a front feature (yellow_duck's beak,
+# house's door, snowman's nose).
+OBJECT_BY_NAME = {make.__name__: make for make in toy.OBJECTS}
+DEFAULT_OBJECTS = "yellow_duck"
 
 
 def eval_camera(azimuth, *, resolution=EVAL_RESOLUTION):
@@ -204,11 +207,12 @@ def truth_scores(object_name):
   """The metrics of the true object itself (the known answers, e.g. its saturation)."""
   obj, truth, _ = ground_truth(object_name)
   scores = dict(saturation=ablation_metrics.object_saturation(truth.rgb, truth.alpha))
-  back = [EVAL_AZIMUTHS.index(a) for a in BACK_AZIMUTHS]
-  front = [EVAL_AZIMUTHS.index(a) for a in FRONT_AZIMUTHS]
-  scores["janus"] = ablation_metrics.janus_score(
-      truth.rgb[back], truth.alpha[back], truth.rgb[front], truth.alpha[front],
-      palette=obj.part_colors, feature_index=obj.part_colors.index(obj.front_feature.color))
+  if obj.front_feature is not None:
+    back = [EVAL_AZIMUTHS.index(a) for a in BACK_AZIMUTHS]
+    front = [EVAL_AZIMUTHS.index(a) for a in FRONT_AZIMUTHS]
+    scores["janus"] = ablation_metrics.janus_score(
+        truth.rgb[back], truth.alpha[back], truth.rgb[front], truth.alpha[front],
+        palette=obj.part_colors, feature_index=obj.part_colors.index(obj.front_feature.color))
   return scores
 
 
@@ -271,6 +275,26 @@ def train_and_score(run: Run, runs_dir: str, *, steps: int | None) -> dict:
   return result
 
 
+@functools.lru_cache(maxsize=None)
+def same_as(arm: str, bank: str) -> str:
+  """The first arm of configs/ablations.py with the same config as `arm` on `bank`.
+
+  Arms with equal configs share their runs: e.g. guidance_7.5 is the full method itself when
+  configs/toy.py already guides at 7.5.
+  """
+  config = ablation_configs.get_config(f"{arm},{bank}").to_dict()
+  return next(other for other in ablation_configs.ARMS
+              if ablation_configs.get_config(f"{other},{bank}").to_dict() == config)
+
+
+def make_run(arm, bank, object_name, seed) -> Run:
+  return Run(same_as(arm, bank), bank, object_name, seed)
+
+
+def arm_label(arm, bank):
+  return arm if same_as(arm, bank) == arm else f"{arm} (= {same_as(arm, bank)})"
+
+
 def plan(studies, objects, seeds):
   """Every distinct run of the studies (a study's "full" on its bank is shared), study by
   study, so that an interrupted study has whole studies (all seeds) done first."""
@@ -279,7 +303,7 @@ def plan(studies, objects, seeds):
     for arm in study.arms:
       for object_name in objects:
         for seed in seeds:
-          run = Run(arm, study.bank, object_name, seed)
+          run = make_run(arm, study.bank, object_name, seed)
           if run not in runs:
             runs.append(run)
   return runs
@@ -327,9 +351,9 @@ def study_rows(study, results, objects, seeds, truths):
   for arm in study.arms:
     for key in study.metrics:
       metric = METRICS[key]
-      values = {(o, s): score_of(results, Run(arm, study.bank, o, s), key)
+      values = {(o, s): score_of(results, make_run(arm, study.bank, o, s), key)
                 for o in objects for s in seeds}
-      full = {(o, s): score_of(results, Run(study.reference, study.bank, o, s), key)
+      full = {(o, s): score_of(results, make_run(study.reference, study.bank, o, s), key)
               for o in objects for s in seeds}
       truth = metric.truth
       if key == "saturation":
@@ -340,7 +364,7 @@ def study_rows(study, results, objects, seeds, truths):
         expected = study.expected.get((arm, key))
         expectation = f"{expected} than {study.reference}"
         reproduced = verdict([values[k] - full[k] for k in values], expected)
-      rows.append(f"| {arm} | {metric.label} | "
+      rows.append(f"| {arm_label(arm, study.bank)} | {metric.label} | "
                   f"{format_value(*ablation_metrics.mean_and_spread(values.values()))} | "
                   f"{truth} | {expectation} | {reproduced} |")
   return rows
@@ -353,7 +377,7 @@ FORMED_MASK_IOU = 0.6
 
 def formation_note(study, results, objects, seeds):
   """A plain warning when the study's full method has not formed the object."""
-  full = [score_of(results, Run(study.reference, study.bank, o, s), "mask_iou")
+  full = [score_of(results, make_run(study.reference, study.bank, o, s), "mask_iou")
           for o in objects for s in seeds]
   mean, _, count = ablation_metrics.mean_and_spread(full)
   if count == 0:
@@ -412,11 +436,11 @@ def write_figures(directory, runs_dir, *, studies, objects, seed, results):
       _, truth, _ = ground_truth(object_name)
       rows = [("true object", [truth.rgb[EVAL_AZIMUTHS.index(a)] for a in FIGURE_AZIMUTHS])]
       for arm in study.arms:
-        if Run(arm, study.bank, object_name, seed) not in results:
+        run = make_run(arm, study.bank, object_name, seed)
+        if run not in results:
           continue
-        figure = np.load(os.path.join(runs_dir, Run(arm, study.bank, object_name, seed).name,
-                                      "figure.npz"))
-        rows.append((arm, [figure[str(a)] for a in FIGURE_AZIMUTHS]))
+        figure = np.load(os.path.join(runs_dir, run.name, "figure.npz"))
+        rows.append((arm_label(arm, study.bank), [figure[str(a)] for a in FIGURE_AZIMUTHS]))
       if len(rows) == 1:
         continue  # no finished run of this study
       canvas = Image.new("RGB", (label_width + size * len(FIGURE_AZIMUTHS), size * len(rows)),
@@ -435,7 +459,8 @@ def parse_args(argv):
                       help="1 object, 1 seed, few steps; results go under --runs_dir only")
   parser.add_argument("--runs_dir", default=None, help="workdirs of the runs "
                       "(default runs/ablations, or runs/ablations_quick with --quick)")
-  parser.add_argument("--objects", default=None, help="comma-separated: snowman,duck")
+  parser.add_argument("--objects", default=None, help="comma-separated toy objects (default "
+                      f"{DEFAULT_OBJECTS}): " + ", ".join(OBJECT_BY_NAME))
   parser.add_argument("--seeds", type=int, default=None, help="number of seeds")
   parser.add_argument("--arms", default=None, help="comma-separated arms to run (default: all "
                       "of configs/ablations.py's; a study keeps its full method)")
@@ -448,7 +473,7 @@ def parse_args(argv):
 
 def main(argv):
   args = parse_args(argv)
-  objects = (args.objects or "snowman").split(",")
+  objects = (args.objects or DEFAULT_OBJECTS).split(",")
   unknown = [o for o in objects if o not in OBJECT_BY_NAME]
   if unknown:
     sys.exit(f"error: unknown object {unknown[0]!r}; choose from {', '.join(OBJECT_BY_NAME)}")
@@ -487,10 +512,11 @@ def main(argv):
   timings = (f"{len(results)} of {len(runs)} planned runs finished"
              + ("" if len(results) == len(runs) else " (missing ones count as n/a)")
              + f"; training took {np.mean(train_seconds):.0f} s per run on average "
-             f"(2 CPU cores shared with other work), {sum(train_seconds) / 60:.0f} min in all.")
-  warmup = ablation_configs.get_config("full").shading.albedo_warmup_steps
+             f"({jax.devices()[0].platform}, {os.cpu_count()} cores), "
+             f"{sum(train_seconds) / 60:.0f} min in all.")
+  warmup = ablation_configs.get_config("full,lambertian").shading.albedo_warmup_steps
   if min(steps_done) <= warmup:
-    timings += (f" configs/toy.py renders albedo only for the first {warmup} steps "
+    timings += (f" The lighting study renders albedo only for the first {warmup} steps "
                 "(shading.albedo_warmup_steps): runs this short never see lighting or "
                 "textureless shading, so no_lighting and no_textureless equal the full method.")
   command = "python experiments/run_ablations.py " + " ".join(

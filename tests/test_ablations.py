@@ -1,0 +1,108 @@
+"""The ablation arms (configs/ablations.py) and the study's bookkeeping (run_ablations.py).
+
+Each arm must be the full method with one group of fields changed; arms with equal configs
+must share runs; the table's verdicts must follow the paired differences.
+"""
+import importlib.util
+import os
+
+import ml_collections
+import pytest
+
+from configs import ablations
+from configs import toy as toy_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def study():
+  spec = importlib.util.spec_from_file_location(
+      "run_ablations", os.path.join(ROOT, "experiments", "run_ablations.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def flatten(config: ml_collections.ConfigDict) -> dict:
+  return {f"{section}.{key}": value for section, fields in config.to_dict().items()
+          if isinstance(fields, dict) for key, value in fields.items()}
+
+
+@pytest.mark.parametrize("arm", list(ablations.ARMS))
+@pytest.mark.parametrize("bank", list(ablations.BANKS))
+def test_each_arm_differs_from_the_full_method_only_in_its_own_fields(arm, bank):
+  base = flatten(ablations.get_config(f"full,{bank}"))
+  config = flatten(ablations.get_config(f"{arm},{bank}"))
+  changed = {name for name in base if base[name] != config[name]}
+  assert changed <= set(ablations.ARMS[arm])
+  for name, value in ablations.ARMS[arm].items():
+    assert config[name] == value
+  # And the full method on a bank differs from configs/toy.py only in the bank's fields.
+  toy = flatten(toy_config.get_config())
+  assert {name for name in toy if toy[name] != base[name]} <= set(ablations.BANKS[bank])
+
+
+def test_an_arm_without_a_bank_uses_its_studys_bank():
+  assert ablations.parse_arm("no_view_dependence") == ("no_view_dependence", "front_biased")
+  assert ablations.parse_arm("no_lighting") == ("no_lighting", "lambertian")
+  assert ablations.parse_arm("guidance_30,lambertian") == ("guidance_30", "lambertian")
+  assert ablations.parse_arm(None) == ("full", "uniform")
+
+
+@pytest.mark.parametrize("arg, message", [("no_such_arm", "unknown ablation arm"),
+                                          ("full,no_such_bank", "unknown toy bank")])
+def test_unknown_arm_or_bank_is_a_one_line_error(arg, message):
+  with pytest.raises(ValueError, match=message) as error:
+    ablations.get_config(arg)
+  assert "\n" not in str(error.value)
+
+
+def test_arms_with_equal_configs_share_one_run(study):
+  guidance = toy_config.get_config().prior.guidance_scale
+  twin = f"guidance_{guidance:g}"
+  assert twin in ablations.ARMS  # configs/toy.py guides at one of the sweep's scales
+  assert study.same_as(twin, "uniform") == "full"
+  assert study.same_as("guidance_100", "uniform") == "guidance_100"
+  assert study.arm_label(twin, "uniform") == f"{twin} (= full)"
+  guidance_study = next(s for s in study.STUDIES if s.reference == "guidance_100")
+  regulariser_study = next(s for s in study.STUDIES if "no_regularisers" in s.arms)
+  runs = study.plan([regulariser_study, guidance_study], ["yellow_duck"], [0, 1])
+  assert len(runs) == len(set(runs))
+  assert sorted({run.arm for run in runs}) == sorted(
+      {"full", "no_regularisers", "guidance_100", "guidance_1", "guidance_30"})
+  assert len(runs) == 5 * 2
+
+
+@pytest.mark.parametrize("differences, expected, verdict", [
+    ([0.2, 0.1, 0.3], "higher", "yes (3/3 pairs)"),
+    ([0.2, -0.1, 0.3], "higher", "weakly (2/3 pairs, within the seed spread)"),
+    ([0.2, -0.1, 0.3], "lower", "**no** (1/3 pairs)"),
+    ([-1.0, float("nan")], "lower", "yes (1/1 pairs)"),
+    ([float("nan")], "lower", "n/a (no finite values)"),
+])
+def test_verdict_follows_the_paired_differences(study, differences, expected, verdict):
+  assert study.verdict(differences, expected) == verdict
+
+
+def test_table_rows_pair_each_arm_with_the_reference_on_the_same_object_and_seed(study):
+  janus = next(s for s in study.STUDIES if "no_view_dependence" in s.arms)
+  results = {}
+  for seed, (full, ablated) in enumerate(((0.0, 0.5), (0.1, 0.3))):
+    results[study.make_run("full", janus.bank, "yellow_duck", seed)] = {
+        "scores": {"janus": full, "iou": 0.8, "mask_iou": 0.9}}
+    results[study.make_run("no_view_dependence", janus.bank, "yellow_duck", seed)] = {
+        "scores": {"janus": ablated, "iou": 0.8 - ablated, "mask_iou": 0.9}}
+  truths = {"yellow_duck": {"saturation": 0.5, "janus": 0.0}}
+  rows = study.study_rows(janus, results, ["yellow_duck"], [0, 1], truths)
+  by_cell = {tuple(c.strip() for c in row.strip("|").split("|")[:2]): row for row in rows}
+  janus_label, iou_label = study.METRICS["janus"].label, study.METRICS["iou"].label
+  assert "0.05 ± 0.071" in by_cell[("full", janus_label)]
+  assert "0.4 ± 0.14" in by_cell[("no_view_dependence", janus_label)]
+  assert "yes (2/2 pairs)" in by_cell[("no_view_dependence", janus_label)]
+  assert "yes (2/2 pairs)" in by_cell[("no_view_dependence", iou_label)]
+  # The full method formed the object (silhouette IoU 0.9): no warning.
+  assert study.formation_note(janus, results, ["yellow_duck"], [0, 1]) == []
+  for run in results:
+    results[run]["scores"]["mask_iou"] = 0.3
+  assert "does not reproduce" in study.formation_note(janus, results, ["yellow_duck"], [0, 1])[0]
