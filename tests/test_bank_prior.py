@@ -270,16 +270,25 @@ def test_invalid_bank_files_are_one_line_user_errors(random_bank, tmp_path, case
 def test_unreadable_bank_files_are_one_line_user_errors(random_bank, tmp_path):
   text = tmp_path / "notes.npz"
   text.write_text("not an archive\n")
+  noise = tmp_path / "noise.npz"
+  noise.write_bytes(np.random.default_rng(0).bytes(200))
+  truncated = tmp_path / "truncated.npz"
+  np.savez(truncated, **_valid_arrays(random_bank))
+  truncated.write_bytes(truncated.read_bytes()[:100])
   single = tmp_path / "single.npy"
   np.save(single, random_bank.images)
-  pickled = tmp_path / "pickled.npz"
+  pickled = tmp_path / "objects.npz"
   np.savez(pickled, **{**_valid_arrays(random_bank),
                        "prompts": np.array(["a"] * 10, dtype=object)})
   for path, fragment in ((tmp_path / "absent.npz", "does not exist"),
                          (tmp_path, "does not exist"),
                          (text, "is not a readable .npz archive"),
+                         (noise, "is not a readable .npz archive (no zip header)"),
+                         (truncated, "is not a readable .npz archive"),
                          (single, "holds a single array"),
-                         (pickled, "cannot read key 'prompts'")):
+                         (pickled, "cannot read key 'prompts' of image bank")):
     with pytest.raises(UserError) as error:
       bank_lib.load_bank(path)
     assert fragment in str(error.value) and "\n" not in str(error.value), str(error.value)
+    # numpy's advice to load pickles does not apply to a bank.
+    assert "allow_pickle" not in str(error.value) and "pickled" not in str(error.value)

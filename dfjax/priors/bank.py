@@ -134,6 +134,14 @@ def load_bank(path):
   path = os.fspath(path)
   if not os.path.isfile(path):
     raise UserError(f"image bank {path} does not exist; {BANK_FORMAT}")
+  with open(path, "rb") as f:
+    magic = f.read(6)
+  if magic.startswith(b"\x93NUMPY"):
+    raise UserError(f"image bank {path} holds a single array, not an .npz archive; "
+                    f"{BANK_FORMAT}")
+  if not magic.startswith(b"PK"):
+    raise UserError(f"image bank {path} is not a readable .npz archive (no zip header); "
+                    f"{BANK_FORMAT}")
   try:
     archive = np.load(path, allow_pickle=False)
   except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
@@ -149,7 +157,14 @@ def load_bank(path):
         continue
       try:
         arrays[key] = archive[key]
-      except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+      except ValueError as error:
+        if "allow_pickle" not in str(error):
+          raise UserError(f"cannot read key {key!r} of image bank {path} "
+                          f"({_first_line(error)}); {BANK_FORMAT}") from None
+        raise UserError(f"cannot read key {key!r} of image bank {path}: it holds Python "
+                        "objects, which are not loaded; save it as a plain array (e.g. "
+                        f"np.array(prompts, dtype=str)); {BANK_FORMAT}") from None
+      except (OSError, EOFError, zipfile.BadZipFile) as error:
         raise UserError(f"cannot read key {key!r} of image bank {path} ({_first_line(error)});"
                         f" {BANK_FORMAT}") from None
   return check_bank_arrays(arrays, source=path)
