@@ -374,6 +374,37 @@ def _log_images(writer, scene: Scene, params, step: int, preview):
   writer.write_images(step, images)
 
 
+class StepClock:
+  """Wall-clock seconds per step between two logged steps (host side)."""
+
+  def __init__(self, step: int):
+    self.time, self.step = time.perf_counter(), step
+
+  def seconds_per_step(self, step: int) -> float:
+    now = time.perf_counter()
+    seconds = (now - self.time) / max(step - self.step, 1)
+    self.time, self.step = now, step
+    return seconds
+
+
+def _log_metrics(writer, progress, state: TrainState, metrics, *, step: int, clock: StepClock,
+                 max_nonfinite_steps: int):
+  """Fetches a logged step's metrics to the host, writes them, and stops a diverged run.
+
+  Raises:
+    UserError: `max_nonfinite_steps` steps in a row had non-finite gradients.
+  """
+  metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+  metrics.update(seconds_per_step=clock.seconds_per_step(step), devices=jax.device_count())
+  writer.write_scalars(step, metrics)
+  progress.update(step, {k: metrics[k] for k in ("loss", "loss_sds", "t")})
+  if metrics["nonfinite_steps"] and int(state.consecutive_nonfinite) >= max_nonfinite_steps:
+    raise UserError(
+        f"{int(state.consecutive_nonfinite)} steps in a row had non-finite gradients (up to "
+        f"step {step}); the last good checkpoint is kept. Lower "
+        "--config.optimizer.peak_learning_rate or --config.prior.guidance_scale")
+
+
 def train_and_evaluate(config, workdir: str, *, allow_config_change: bool = False) -> TrainState:
   """Train from scratch or resume the run in `workdir`, then export mesh and video.
 
@@ -409,26 +440,14 @@ def train_and_evaluate(config, workdir: str, *, allow_config_change: bool = Fals
   train_step = make_train_step(scene, optimizer, mesh)
   preview = jax.jit(functools.partial(render_preview, scene), static_argnames="mode")
 
-  step = start_step
-  last_time, last_step = time.perf_counter(), step
+  step, clock = start_step, StepClock(start_step)
   try:
     while step < config.train.steps:
       state, metrics = train_step(state, prior_params)
       step += 1
       if step % config.train.log_every == 0 or step == config.train.steps:
-        metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-        now = time.perf_counter()
-        metrics.update(seconds_per_step=(now - last_time) / (step - last_step),
-                       devices=jax.device_count())
-        last_time, last_step = now, step
-        writer.write_scalars(step, metrics)
-        progress.update(step, {k: metrics[k] for k in ("loss", "loss_sds", "t")})
-        if metrics["nonfinite_steps"] and int(state.consecutive_nonfinite) >= (
-            config.optimizer.max_nonfinite_steps):
-          raise UserError(
-              f"{int(state.consecutive_nonfinite)} steps in a row had non-finite gradients "
-              f"(up to step {step}); the last good checkpoint is kept. Lower "
-              "--config.optimizer.peak_learning_rate or --config.prior.guidance_scale")
+        _log_metrics(writer, progress, state, metrics, step=step, clock=clock,
+                     max_nonfinite_steps=config.optimizer.max_nonfinite_steps)
       if config.train.image_every and step % config.train.image_every == 0:
         _log_images(writer, scene, state.params, step, preview)
       if stop.requested or checkpointer.reached_preemption(step):

@@ -8,6 +8,7 @@ import pytest
 
 from configs import bank as bank_config
 from dfjax import cameras, train
+from dfjax.errors import UserError
 from dfjax.priors import bank as bank_lib
 
 RESOLUTION = 8
@@ -140,3 +141,38 @@ def test_schedules_follow_the_paper():
   np.testing.assert_allclose(schedule(0), 1e-9, atol=1e-10)  # float32 rounding of the ramp
   np.testing.assert_allclose(schedule(3000), config.optimizer.peak_learning_rate, rtol=1e-6)
   np.testing.assert_allclose(schedule(15000), 1e-6, rtol=1e-3)
+
+
+class _Recorder:
+  """Stands in for the metrics writer and the progress bar: keeps what they were given."""
+
+  def __init__(self):
+    self.calls = []
+
+  def write_scalars(self, step, metrics):
+    self.calls.append((step, dict(metrics)))
+
+  def update(self, step, metrics):
+    self.calls.append((step, dict(metrics)))
+
+
+@pytest.mark.parametrize("consecutive, total, stops", [(2, 2, False), (3, 3, True),
+                                                       (0, 5, False)])
+def test_a_run_stops_after_max_nonfinite_steps_in_a_row(setup, consecutive, total, stops):
+  state = setup[-1].replace(consecutive_nonfinite=jnp.int32(consecutive))
+  metrics = {"loss": jnp.float32(1.0), "loss_sds": jnp.float32(1.0), "t": jnp.float32(0.5),
+             "nonfinite_steps": jnp.float32(total)}
+  writer, progress = _Recorder(), _Recorder()
+  log = functools.partial(train._log_metrics, writer, progress, state, metrics, step=40,
+                          clock=train.StepClock(20), max_nonfinite_steps=3)
+  if stops:
+    with pytest.raises(UserError, match="3 steps in a row had non-finite gradients "
+                       r"\(up to step 40\)") as error:
+      log()
+    assert "\n" not in str(error.value)
+  else:
+    log()
+  # The metrics are written before the check, so the log shows the diverging step.
+  (step, written), = writer.calls
+  assert step == 40 and written["nonfinite_steps"] == total and written["devices"] == 4
+  assert 0 < written["seconds_per_step"] < 60
