@@ -97,11 +97,31 @@ def janus_score(back_rgb, back_alpha, front_reference_rgb, front_reference_alpha
     feature_fraction(back) / feature_fraction(true front), >= 0 (0: no Janus; about 1: a
     full second front); NaN if the true front shows no feature.
   """
+  return relative_feature_fraction(back_rgb, back_alpha, front_reference_rgb,
+                                   front_reference_alpha, palette=palette,
+                                   feature_index=feature_index, max_distance=max_distance)
+
+
+def relative_feature_fraction(rgb, alpha, reference_rgb, reference_alpha, *, palette,
+                              feature_index: int, max_distance: float = 0.25) -> float:
+  """feature_fraction(rgb, alpha) / feature_fraction(reference_rgb, reference_alpha).
+
+  With the learned field's front views and the true front views, this says whether the field
+  learned the front feature at all (1: as much of it as the true object shows).
+
+  Args:
+    rgb: [..., H, W, 3] albedo renders; alpha: [..., H, W] their accumulated alpha.
+    reference_rgb, reference_alpha: the same for the reference (ground-truth) views.
+    palette, feature_index, max_distance: see `feature_pixels`.
+
+  Returns:
+    the ratio, >= 0; NaN if the reference shows no feature.
+  """
   kwargs = dict(palette=palette, feature_index=feature_index, max_distance=max_distance)
-  reference = feature_fraction(front_reference_rgb, front_reference_alpha, **kwargs)
+  reference = feature_fraction(reference_rgb, reference_alpha, **kwargs)
   if reference == 0.0:
     return float("nan")
-  return feature_fraction(back_rgb, back_alpha, **kwargs) / reference
+  return feature_fraction(rgb, alpha, **kwargs) / reference
 
 
 def luminance(rgb: np.ndarray) -> np.ndarray:

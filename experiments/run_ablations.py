@@ -6,8 +6,9 @@ distinct front, over several seeds, and scored against the object's known shape 
 mean ± standard deviation over seeds, the paper's expectation and whether the toy world shows
 it) and turntable figures in experiments/results/ablations/.
 
-  python experiments/run_ablations.py --quick   # pipeline check: 7 runs of 30 steps, 1 seed
-  python experiments/run_ablations.py           # yellow_duck x 2 seeds x every arm
+  python experiments/run_ablations.py --quick   # pipeline check: 8 runs of 30 steps, 1 seed
+  python experiments/run_ablations.py           # every arm x 2 seeds (house for the Janus
+                                                # study, yellow_duck for the others)
   python experiments/run_ablations.py --objects=yellow_duck,house --seeds=3   # larger
   python experiments/run_ablations.py --arms=no_view_dependence --steps=600   # smaller
 Each run trains for configs/toy.py's step count unless --steps is given; a run costs about as
@@ -64,6 +65,7 @@ class Metric:
 METRICS = {m.key: m for m in (
     Metric("iou", "mesh IoU vs true shape", "1", "higher"),
     Metric("janus", "front feature seen from behind (Janus score)", "0", "lower"),
+    Metric("front_feature", "front feature seen from the front (vs true)", "1", "higher"),
     Metric("normal_error", "normal error (deg)", "0", "lower"),
     Metric("baked_shading", "shading baked into albedo (corr.)", "0", "lower"),
     Metric("floaters", "floater fraction", "0", "lower"),
@@ -83,13 +85,17 @@ class Study:
   expectation: dict  # arm -> the paper's qualitative expectation
   expected: dict  # (arm, metric) -> "higher"/"lower" than the reference arm
   reference: str = "full"
+  objects: tuple = ("yellow_duck",)  # toy objects it runs on (--objects overrides)
 
 
 STUDIES = (
+    # The house: its red door is the largest front feature of the toy world (the duck's beak
+    # covers 2 pixels of a 32-pixel render).
     Study("Janus (view-dependent prompts, §3.2)", "front_biased",
-          ("full", "no_view_dependence"), ("janus", "iou"),
+          ("full", "no_view_dependence"), ("janus", "front_feature", "iou"),
           {"no_view_dependence": "several faces: the front feature reappears at the back"},
-          {("no_view_dependence", "janus"): "higher", ("no_view_dependence", "iou"): "lower"}),
+          {("no_view_dependence", "janus"): "higher", ("no_view_dependence", "iou"): "lower"},
+          objects=("house",)),
     Study("Lighting and textureless shading (§3.1)", "lambertian",
           ("full", "no_lighting", "no_textureless"), ("iou", "normal_error", "baked_shading"),
           {"no_lighting": "flat geometry, shading painted into the colour",
@@ -114,10 +120,9 @@ STUDIES = (
           reference="guidance_100"),
 )
 
-# Toy objects by name; the Janus score needs one with a front feature (yellow_duck's beak,
-# house's door, snowman's nose).
+# Toy objects by name; the Janus score needs one with a front feature (house's door,
+# yellow_duck's beak, snowman's nose).
 OBJECT_BY_NAME = {make.__name__: make for make in toy.OBJECTS}
-DEFAULT_OBJECTS = "yellow_duck"
 
 
 def eval_camera(azimuth, *, resolution=EVAL_RESOLUTION):
@@ -194,11 +199,7 @@ def score_run(scene, params, step, object_name):
       psnr=metrics.psnr(rgb, truth.rgb), mask_iou=metrics.mask_iou(alpha, truth.alpha),
       saturation=ablation_metrics.object_saturation(rgb, alpha))
   if obj.front_feature is not None:
-    back = [EVAL_AZIMUTHS.index(a) for a in BACK_AZIMUTHS]
-    front = [EVAL_AZIMUTHS.index(a) for a in FRONT_AZIMUTHS]
-    scores["janus"] = ablation_metrics.janus_score(
-        rgb[back], alpha[back], truth.rgb[front], truth.alpha[front],
-        palette=obj.part_colors, feature_index=obj.part_colors.index(obj.front_feature.color))
+    scores.update(front_feature_scores(obj, rgb, alpha, truth))
   figure = {a: rgb[EVAL_AZIMUTHS.index(a)] for a in FIGURE_AZIMUTHS}
   return {k: float(v) for k, v in scores.items()}, figure
 
@@ -208,12 +209,27 @@ def truth_scores(object_name):
   obj, truth, _ = ground_truth(object_name)
   scores = dict(saturation=ablation_metrics.object_saturation(truth.rgb, truth.alpha))
   if obj.front_feature is not None:
-    back = [EVAL_AZIMUTHS.index(a) for a in BACK_AZIMUTHS]
-    front = [EVAL_AZIMUTHS.index(a) for a in FRONT_AZIMUTHS]
-    scores["janus"] = ablation_metrics.janus_score(
-        truth.rgb[back], truth.alpha[back], truth.rgb[front], truth.alpha[front],
-        palette=obj.part_colors, feature_index=obj.part_colors.index(obj.front_feature.color))
+    scores.update(front_feature_scores(obj, truth.rgb, truth.alpha, truth))
   return scores
+
+
+def front_feature_scores(obj, rgb, alpha, truth):
+  """The front feature seen from behind (Janus score) and from the front, both relative to
+  the true object's front views (1: as much as the true front shows).
+
+  Args:
+    obj: the toy object (it has a front feature).
+    rgb, alpha: [len(EVAL_AZIMUTHS), H, W, 3] and [..., H, W] albedo renders to score.
+    truth: the true object's renders at the same azimuths.
+  """
+  back = [EVAL_AZIMUTHS.index(a) for a in BACK_AZIMUTHS]
+  front = [EVAL_AZIMUTHS.index(a) for a in FRONT_AZIMUTHS]
+  kwargs = dict(palette=obj.part_colors,
+                feature_index=obj.part_colors.index(obj.front_feature.color))
+  reference = (truth.rgb[front], truth.alpha[front])
+  return dict(janus=ablation_metrics.janus_score(rgb[back], alpha[back], *reference, **kwargs),
+              front_feature=ablation_metrics.relative_feature_fraction(
+                  rgb[front], alpha[front], *reference, **kwargs))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -295,13 +311,13 @@ def arm_label(arm, bank):
   return arm if same_as(arm, bank) == arm else f"{arm} (= {same_as(arm, bank)})"
 
 
-def plan(studies, objects, seeds):
+def plan(studies, seeds):
   """Every distinct run of the studies (a study's "full" on its bank is shared), study by
   study, so that an interrupted study has whole studies (all seeds) done first."""
   runs = []
   for study in studies:
     for arm in study.arms:
-      for object_name in objects:
+      for object_name in study.objects:
         for seed in seeds:
           run = make_run(arm, study.bank, object_name, seed)
           if run not in runs:
@@ -346,8 +362,9 @@ def score_of(results, run, key):
   return results[run]["scores"].get(key, float("nan")) if run in results else float("nan")
 
 
-def study_rows(study, results, objects, seeds, truths):
-  rows = []
+def study_rows(study, results, seeds, truths):
+  """The study's table rows: per arm and metric, mean ± spread over its objects and seeds."""
+  objects, rows = study.objects, []
   for arm in study.arms:
     for key in study.metrics:
       metric = METRICS[key]
@@ -358,10 +375,12 @@ def study_rows(study, results, objects, seeds, truths):
       truth = metric.truth
       if key == "saturation":
         truth = format_value(*ablation_metrics.mean_and_spread([truths[o][key] for o in objects]))
+      expected = study.expected.get((arm, key))
       if arm == study.reference:
         expectation, reproduced = "(reference)", ""
+      elif expected is None:
+        expectation, reproduced = "(diagnostic)", ""
       else:
-        expected = study.expected.get((arm, key))
         expectation = f"{expected} than {study.reference}"
         reproduced = verdict([values[k] - full[k] for k in values], expected)
       rows.append(f"| {arm_label(arm, study.bank)} | {metric.label} | "
@@ -373,45 +392,61 @@ def study_rows(study, results, objects, seeds, truths):
 # Below this silhouette IoU (against the true object, at the held-out views) the full method
 # has not formed the object yet, and differences between arms say nothing about the paper.
 FORMED_MASK_IOU = 0.6
+# Below this (the front feature seen from the front, relative to the true object) the full
+# method has not learned the front feature, and the Janus score cannot show a second one.
+LEARNED_FRONT_FEATURE = 0.3
 
 
-def formation_note(study, results, objects, seeds):
-  """A plain warning when the study's full method has not formed the object."""
-  full = [score_of(results, make_run(study.reference, study.bank, o, s), "mask_iou")
-          for o in objects for s in seeds]
-  mean, _, count = ablation_metrics.mean_and_spread(full)
+def reference_mean(study, results, seeds, key):
+  """Mean of a score of the study's reference arm over its objects and seeds, and the count."""
+  mean, _, count = ablation_metrics.mean_and_spread(
+      [score_of(results, make_run(study.reference, study.bank, o, s), key)
+       for o in study.objects for s in seeds])
+  return mean, count
+
+
+def formation_note(study, results, seeds):
+  """A plain warning when the study's full method has not formed the object (or, for the
+  Janus study, its front feature)."""
+  mean, count = reference_mean(study, results, seeds, "mask_iou")
   if count == 0:
     return [f"**Not run** in this study (no finished run of {study.reference}).", ""]
-  if mean >= FORMED_MASK_IOU:
-    return []
-  return [f"**The toy world does not reproduce this ablation at this training length**: the "
-          f"full method itself has not formed the object (silhouette IoU {mean:.2f} against "
-          f"the true object, below {FORMED_MASK_IOU}), so the arms' differences are noise "
-          "around an unformed blob, not evidence for or against the paper.", ""]
+  if mean < FORMED_MASK_IOU:
+    return [f"**The toy world does not reproduce this ablation at this training length**: the "
+            f"full method itself has not formed the object (silhouette IoU {mean:.2f} against "
+            f"the true object, below {FORMED_MASK_IOU}), so the arms' differences are noise "
+            "around an unformed blob, not evidence for or against the paper.", ""]
+  front, count = reference_mean(study, results, seeds, "front_feature")
+  if "janus" in study.metrics and count and front < LEARNED_FRONT_FEATURE:
+    return [f"**The Janus score measures nothing here**: the full method shows {front:.2f} of "
+            "the true front feature from the front (below "
+            f"{LEARNED_FRONT_FEATURE}), so no arm can show it twice.", ""]
+  return []
 
 
-def write_table(path, results, *, studies, objects, seeds, steps, command, timings):
+def write_table(path, results, *, studies, seeds, steps, command, timings):
+  objects = sorted({o for study in studies for o in study.objects})
   truths = {o: truth_scores(o) for o in objects}
   lines = [
       "# Ablations on the toy world (arXiv:2209.14988 §4, Fig. 6)", "",
       "Each arm is the full method (configs/toy.py) with one group of fields changed "
       "(configs/ablations.py), trained with the closed-form prior of a toy bank and scored "
       "against the true object (dfjax.ablation_metrics, dfjax.metrics). Values are mean ± "
-      "sample standard deviation over "
-      f"{len(objects)} object(s) ({', '.join(objects)}) × {len(seeds)} seed(s) ({seeds}); "
+      f"sample standard deviation over each study's objects × {len(seeds)} seed(s) ({seeds}); "
       "\"reproduced\" compares each arm with the full method on the same object and seed.", "",
       f"Made by: `{command}`", "",
       f"Training steps per run: {steps}. {timings}", ""]
   for study in studies:
-    lines += [f"## {study.name}", "", f"Bank: `{study.bank}`. Command of an arm: "
+    lines += [f"## {study.name}", "", f"Object(s): {', '.join(study.objects)}. "
+              f"Bank: `{study.bank}`. Command of an arm: "
               f"`python -m dfjax.main --config=configs/ablations.py:ARM,{study.bank} "
               "--workdir=DIR`.", "",
               *[f"- `{arm}`: {text}." for arm, text in study.expectation.items()
                 if arm in study.arms], "",
               "| arm | metric | value | known answer | paper expects | toy world reproduces? |",
               "|---|---|---|---|---|---|"]
-    lines += study_rows(study, results, objects, seeds, truths) + [""]
-    lines += formation_note(study, results, objects, seeds)
+    lines += study_rows(study, results, seeds, truths) + [""]
+    lines += formation_note(study, results, seeds)
   lines += [f"Figures: experiments/results/ablations/*.png (seed {seeds[0]}; rows: the true "
             "object, then each arm; columns: azimuth " + ", ".join(map(str, FIGURE_AZIMUTHS))
             + f" at {EVAL_ELEVATION:g}° elevation, albedo).", ""]
@@ -425,14 +460,14 @@ def to_uint8(image, scale=2):
   return image.repeat(scale, axis=0).repeat(scale, axis=1)
 
 
-def write_figures(directory, runs_dir, *, studies, objects, seed, results):
+def write_figures(directory, runs_dir, *, studies, seed, results):
   """One PNG per study and object: the true object, then each arm, at FIGURE_AZIMUTHS."""
   from PIL import Image, ImageDraw  # pylint: disable=g-import-not-at-top
   os.makedirs(directory, exist_ok=True)
   label_width, size = 150, 2 * EVAL_RESOLUTION
   for study in studies:
     slug = study.name.split()[0].lower()
-    for object_name in objects:
+    for object_name in study.objects:
       _, truth, _ = ground_truth(object_name)
       rows = [("true object", [truth.rgb[EVAL_AZIMUTHS.index(a)] for a in FIGURE_AZIMUTHS])]
       for arm in study.arms:
@@ -459,8 +494,9 @@ def parse_args(argv):
                       help="1 object, 1 seed, few steps; results go under --runs_dir only")
   parser.add_argument("--runs_dir", default=None, help="workdirs of the runs "
                       "(default runs/ablations, or runs/ablations_quick with --quick)")
-  parser.add_argument("--objects", default=None, help="comma-separated toy objects (default "
-                      f"{DEFAULT_OBJECTS}): " + ", ".join(OBJECT_BY_NAME))
+  parser.add_argument("--objects", default=None, help="comma-separated toy objects for every "
+                      "study, from: " + ", ".join(OBJECT_BY_NAME) + " (default: each study's "
+                      "own, house for Janus, yellow_duck otherwise)")
   parser.add_argument("--seeds", type=int, default=None, help="number of seeds")
   parser.add_argument("--arms", default=None, help="comma-separated arms to run (default: all "
                       "of configs/ablations.py's; a study keeps its full method)")
@@ -473,10 +509,6 @@ def parse_args(argv):
 
 def main(argv):
   args = parse_args(argv)
-  objects = (args.objects or DEFAULT_OBJECTS).split(",")
-  unknown = [o for o in objects if o not in OBJECT_BY_NAME]
-  if unknown:
-    sys.exit(f"error: unknown object {unknown[0]!r}; choose from {', '.join(OBJECT_BY_NAME)}")
   seeds = list(range(args.seeds or (1 if args.quick else 2)))
   steps = args.steps or (30 if args.quick else None)
   runs_dir = args.runs_dir or ("runs/ablations_quick" if args.quick else "runs/ablations")
@@ -495,7 +527,13 @@ def main(argv):
     studies = [dataclasses.replace(s, arms=tuple(a for a in s.arms if a in chosen))
                for s in studies]
     studies = [s for s in studies if len(s.arms) > 1]
-  runs = plan(studies, objects, seeds)
+  if args.objects:
+    objects = tuple(args.objects.split(","))
+    unknown = [o for o in objects if o not in OBJECT_BY_NAME]
+    if unknown:
+      sys.exit(f"error: unknown object {unknown[0]!r}; choose from {', '.join(OBJECT_BY_NAME)}")
+    studies = [dataclasses.replace(s, objects=objects) for s in studies]
+  runs = plan(studies, seeds)
   print(f"{len(runs)} runs in {runs_dir}", flush=True)
   start, results = time.time(), {}
   for index, run in enumerate(runs):
@@ -521,10 +559,10 @@ def main(argv):
                 "textureless shading, so no_lighting and no_textureless equal the full method.")
   command = "python experiments/run_ablations.py " + " ".join(
       a for a in argv if a != "--table_only")
-  write_table(out_md, results, studies=studies, objects=objects, seeds=seeds,
+  write_table(out_md, results, studies=studies, seeds=seeds,
               steps=", ".join(map(str, steps_done)),
               command=command.strip(), timings=timings)
-  write_figures(out_figures, runs_dir, studies=studies, objects=objects, seed=seeds[0],
+  write_figures(out_figures, runs_dir, studies=studies, seed=seeds[0],
                 results=results)
   print(f"wrote {out_md} and {out_figures}/ in {time.time() - start:.0f} s", flush=True)
 

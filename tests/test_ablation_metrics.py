@@ -51,6 +51,9 @@ def test_janus_score_is_zero_for_the_true_object_and_about_one_for_a_doubled_fro
   obj, front, back, janus_back = snowman_views
   assert am.feature_fraction(*front, palette=obj.part_colors, feature_index=1) > 0.005
   assert janus(obj, back, front) == 0.0
+  # The true front against itself: all of the feature is there.
+  assert am.relative_feature_fraction(*front, *front, palette=obj.part_colors,
+                                      feature_index=1) == pytest.approx(1.0)
   # The mirrored copy's back view is the front view flipped left-right (the azimuths mirror
   # too), so it shows the same nose pixels up to the sphere tracer's edge pixels.
   assert janus(obj, janus_back, front) == pytest.approx(1.0, abs=0.1)

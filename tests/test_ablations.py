@@ -67,7 +67,7 @@ def test_arms_with_equal_configs_share_one_run(study):
   assert study.arm_label(twin, "uniform") == f"{twin} (= full)"
   guidance_study = next(s for s in study.STUDIES if s.reference == "guidance_100")
   regulariser_study = next(s for s in study.STUDIES if "no_regularisers" in s.arms)
-  runs = study.plan([regulariser_study, guidance_study], ["yellow_duck"], [0, 1])
+  runs = study.plan([regulariser_study, guidance_study], [0, 1])
   assert len(runs) == len(set(runs))
   assert sorted({run.arm for run in runs}) == sorted(
       {"full", "no_regularisers", "guidance_100", "guidance_1", "guidance_30"})
@@ -87,22 +87,29 @@ def test_verdict_follows_the_paired_differences(study, differences, expected, ve
 
 def test_table_rows_pair_each_arm_with_the_reference_on_the_same_object_and_seed(study):
   janus = next(s for s in study.STUDIES if "no_view_dependence" in s.arms)
+  obj = janus.objects[0]
   results = {}
   for seed, (full, ablated) in enumerate(((0.0, 0.5), (0.1, 0.3))):
-    results[study.make_run("full", janus.bank, "yellow_duck", seed)] = {
-        "scores": {"janus": full, "iou": 0.8, "mask_iou": 0.9}}
-    results[study.make_run("no_view_dependence", janus.bank, "yellow_duck", seed)] = {
-        "scores": {"janus": ablated, "iou": 0.8 - ablated, "mask_iou": 0.9}}
-  truths = {"yellow_duck": {"saturation": 0.5, "janus": 0.0}}
-  rows = study.study_rows(janus, results, ["yellow_duck"], [0, 1], truths)
+    results[study.make_run("full", janus.bank, obj, seed)] = {
+        "scores": {"janus": full, "front_feature": 0.9, "iou": 0.8, "mask_iou": 0.9}}
+    results[study.make_run("no_view_dependence", janus.bank, obj, seed)] = {
+        "scores": {"janus": ablated, "front_feature": 0.7, "iou": 0.8 - ablated,
+                   "mask_iou": 0.9}}
+  truths = {obj: {"saturation": 0.5, "janus": 0.0, "front_feature": 1.0}}
+  rows = study.study_rows(janus, results, [0, 1], truths)
   by_cell = {tuple(c.strip() for c in row.strip("|").split("|")[:2]): row for row in rows}
-  janus_label, iou_label = study.METRICS["janus"].label, study.METRICS["iou"].label
-  assert "0.05 ± 0.071" in by_cell[("full", janus_label)]
-  assert "0.4 ± 0.14" in by_cell[("no_view_dependence", janus_label)]
-  assert "yes (2/2 pairs)" in by_cell[("no_view_dependence", janus_label)]
-  assert "yes (2/2 pairs)" in by_cell[("no_view_dependence", iou_label)]
-  # The full method formed the object (silhouette IoU 0.9): no warning.
-  assert study.formation_note(janus, results, ["yellow_duck"], [0, 1]) == []
+  label = {key: study.METRICS[key].label for key in ("janus", "iou", "front_feature")}
+  assert "0.05 ± 0.071" in by_cell[("full", label["janus"])]
+  assert "0.4 ± 0.14" in by_cell[("no_view_dependence", label["janus"])]
+  assert "yes (2/2 pairs)" in by_cell[("no_view_dependence", label["janus"])]
+  assert "yes (2/2 pairs)" in by_cell[("no_view_dependence", label["iou"])]
+  assert "(diagnostic)" in by_cell[("no_view_dependence", label["front_feature"])]
+  # The full method formed the object and its front feature: no warning.
+  assert study.formation_note(janus, results, [0, 1]) == []
+  for run in results:
+    results[run]["scores"]["front_feature"] = 0.1
+  assert "measures nothing" in study.formation_note(janus, results, [0, 1])[0]
   for run in results:
     results[run]["scores"]["mask_iou"] = 0.3
-  assert "does not reproduce" in study.formation_note(janus, results, ["yellow_duck"], [0, 1])[0]
+  assert "does not reproduce" in study.formation_note(janus, results, [0, 1])[0]
+  assert "Not run" in study.formation_note(janus, {}, [0, 1])[0]
