@@ -151,7 +151,7 @@ def test_laplacian_is_zero_inside_a_flat_grid_and_positive_when_lifted():
   lifted[12, 2] = 0.05  # the centre vertex
   delta = np.asarray(mesh_sds.uniform_laplacian(jnp.asarray(lifted), edges))
   np.testing.assert_allclose(delta[12], [0.0, 0.0, 0.05], atol=1e-7)
-  # Each of its 6 neighbours sees the lift / its degree (6 for interior ones).
+  # The lift raises the mean squared Laplacian above the flat grid's (its boundary terms).
   assert float(mesh_sds.laplacian_loss(jnp.asarray(lifted), edges)) > float(
       mesh_sds.laplacian_loss(jnp.asarray(vertices), edges))
 
