@@ -271,7 +271,8 @@ def render_mesh(vertices, faces, vertex_colors, camera: cameras_lib.Camera, *, s
 
   Every pixel sees every face: vectorised over pixels x faces, in chunks of `pixel_chunk`
   pixels under `lax.map`, each chunk rematerialised in the backward pass so that memory is
-  O(pixel_chunk x F) (a single chunk is not rematerialised). Both sides of a face are drawn; the depth softmax hides back faces.
+  O(pixel_chunk x F) (a single chunk is not rematerialised). Both sides of a face are drawn;
+  the depth softmax hides back faces.
 
   Args:
     vertices: [V, 3] world positions.

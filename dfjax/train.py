@@ -83,7 +83,8 @@ def cov_scale_at(step, config):
 def orientation_weight_at(step, config):
   """Orientation-loss weight, annealed up from 1e-4 to its final value (App. A.2)."""
   return linear_anneal(step, start=config.loss.orientation_weight_start,
-                       end=config.loss.orientation_weight, steps=config.loss.orientation_anneal_steps)
+                       end=config.loss.orientation_weight,
+                       steps=config.loss.orientation_anneal_steps)
 
 
 def learning_rate_schedule(config) -> optax.Schedule:

@@ -42,7 +42,8 @@ def main():
   rows = []
   for num_samples in args.samples:
     def loss(p, key, num_samples=num_samples):
-      out = render.render_image(camera, key=key, field_fn=functools.partial(model.apply, p["field"]),
+      out = render.render_image(camera, key=key,
+                                field_fn=functools.partial(model.apply, p["field"]),
                                 background_fn=functools.partial(env.apply, p["background"]),
                                 shading=lit, num_samples=num_samples, cov_scale=2e-3,
                                 normals=args.normals)
