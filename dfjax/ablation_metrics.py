@@ -3,9 +3,10 @@
 The paper's ablations (Fig. 6) are judged there by eye and by CLIP R-Precision. On the toy
 world the true object is known, so each expected failure gets a direct measurement:
 
-- Janus (no view-dependent prompts, §3.2): the front feature's colour (the snowman's orange
-  nose, the duck's beak) seen from behind, relative to how much of it the true object shows
-  from the front (`janus_score`).
+- Janus (no view-dependent prompts, §3.2): the front's outline seen from the side
+  (`janus_silhouette_score`), and the front feature's colour (the snowman's orange nose, the
+  duck's beak) seen from behind, relative to how much of it the true object shows from the
+  front (`janus_score`).
 - Colour painted onto flat geometry (no lighting, §3.1): how well the learned albedo's
   brightness follows the surface's cosine to the camera, i.e. shading baked into the albedo
   (`baked_shading_correlation`).
@@ -122,6 +123,28 @@ def relative_feature_fraction(rgb, alpha, reference_rgb, reference_alpha, *, pal
   if reference == 0.0:
     return float("nan")
   return feature_fraction(rgb, alpha, **kwargs) / reference
+
+
+def janus_silhouette_score(side_alpha, true_front_alpha, true_side_alpha) -> float:
+  """How much more a learned side view looks like the true front than like the true side.
+
+  DreamFusion §3.2: without view-dependent prompts every view is asked to look like the
+  (dominant) front view, so the object shows its front from the side too. Seen in outline:
+  IoU(learned side, true front) - IoU(learned side, true side), silhouettes pooled over the
+  views. The true object scores IoU(true side, true front) - 1 < 0; an object that shows its
+  front from every side scores 1 - IoU(true front, true side) > 0.
+
+  Args:
+    side_alpha: [..., H, W] accumulated alpha of the learned field from the side.
+    true_front_alpha: [..., H, W] the true object's alpha from the front (same cameras up to
+      the azimuth, e.g. azimuth 0 for each side view).
+    true_side_alpha: [..., H, W] the true object's alpha from the side views' cameras.
+
+  Returns:
+    the difference, in [-1, 1].
+  """
+  return (metrics.mask_iou(side_alpha, true_front_alpha)
+          - metrics.mask_iou(side_alpha, true_side_alpha))
 
 
 def luminance(rgb: np.ndarray) -> np.ndarray:

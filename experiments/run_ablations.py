@@ -50,6 +50,8 @@ EVAL_AZIMUTHS = (0, 20, 45, 90, 135, 160, 180, 200, 225, 270, 315, 340)
 EVAL_ELEVATION, EVAL_DISTANCE, EVAL_FOV, EVAL_RESOLUTION = 15.0, 1.45, 52.0, 64
 # Back views and the true front views they mirror (azimuth a <-> 180 - a).
 BACK_AZIMUTHS, FRONT_AZIMUTHS = (160, 180, 200), (20, 0, 340)
+# Side views, whose outlines are compared with the true front's (azimuth 0) and side's.
+SIDE_AZIMUTHS = (90, 270)
 FIGURE_AZIMUTHS = (0, 90, 180, 270)
 GRID_RESOLUTION, GRID_BOUND = 48, 0.6  # occupancy grid; toy objects lie inside radius 0.52
 
@@ -59,20 +61,21 @@ class Metric:
   key: str
   label: str
   truth: str  # the known answer (the true object's value)
-  better: str  # "higher" or "lower"
 
 
 METRICS = {m.key: m for m in (
-    Metric("iou", "mesh IoU vs true shape", "1", "higher"),
-    Metric("janus", "front feature seen from behind (Janus score)", "0", "lower"),
-    Metric("front_feature", "front feature seen from the front (vs true)", "1", "higher"),
-    Metric("normal_error", "normal error (deg)", "0", "lower"),
-    Metric("baked_shading", "shading baked into albedo (corr.)", "0", "lower"),
-    Metric("floaters", "floater fraction", "0", "lower"),
-    Metric("empty_density", "mean density in empty space", "0", "lower"),
-    Metric("psnr", "albedo PSNR at held-out views (dB)", "inf", "higher"),
-    Metric("mask_iou", "silhouette IoU at held-out views", "1", "higher"),
-    Metric("saturation", "colour saturation", "(true object's)", "higher"),
+    Metric("iou", "mesh IoU vs true shape", "1"),
+    Metric("janus_shape", "side outline: IoU with true front − with true side", "(true "
+           "object's)"),
+    Metric("janus", "front feature colour seen from behind (relative)", "0"),
+    Metric("front_feature", "front feature seen from the front (vs true)", "1"),
+    Metric("normal_error", "normal error (deg)", "0"),
+    Metric("baked_shading", "shading baked into albedo (corr.)", "0"),
+    Metric("floaters", "floater fraction", "0"),
+    Metric("empty_density", "mean density in empty space", "0"),
+    Metric("psnr", "albedo PSNR at held-out views (dB)", "inf"),
+    Metric("mask_iou", "silhouette IoU at held-out views", "1"),
+    Metric("saturation", "colour saturation", "(true object's)"),
 )}
 
 
@@ -89,13 +92,12 @@ class Study:
 
 
 STUDIES = (
-    # The house: its red door is the largest front feature of the toy world (the duck's beak
-    # covers 2 pixels of a 32-pixel render).
     Study("Janus (view-dependent prompts, §3.2)", "front_biased",
-          ("full", "no_view_dependence"), ("janus", "front_feature", "iou"),
-          {"no_view_dependence": "several faces: the front feature reappears at the back"},
-          {("no_view_dependence", "janus"): "higher", ("no_view_dependence", "iou"): "lower"},
-          objects=("house",)),
+          ("full", "no_view_dependence"), ("janus_shape", "iou", "psnr", "janus",
+                                           "front_feature"),
+          {"no_view_dependence": "several faces: the front seen from other sides too"},
+          {("no_view_dependence", "janus_shape"): "higher", ("no_view_dependence", "iou"): "lower",
+           ("no_view_dependence", "psnr"): "lower", ("no_view_dependence", "janus"): "higher"}),
     Study("Lighting and textureless shading (§3.1)", "lambertian",
           ("full", "no_lighting", "no_textureless"), ("iou", "normal_error", "baked_shading"),
           {"no_lighting": "flat geometry, shading painted into the colour",
@@ -197,7 +199,8 @@ def score_run(scene, params, step, object_name):
       floaters=metrics.floater_fraction(occupancy, true_occupancy),
       empty_density=metrics.empty_space_density(density, true_occupancy),
       psnr=metrics.psnr(rgb, truth.rgb), mask_iou=metrics.mask_iou(alpha, truth.alpha),
-      saturation=ablation_metrics.object_saturation(rgb, alpha))
+      saturation=ablation_metrics.object_saturation(rgb, alpha),
+      janus_shape=janus_shape_score(alpha, truth))
   if obj.front_feature is not None:
     scores.update(front_feature_scores(obj, rgb, alpha, truth))
   figure = {a: rgb[EVAL_AZIMUTHS.index(a)] for a in FIGURE_AZIMUTHS}
@@ -207,10 +210,20 @@ def score_run(scene, params, step, object_name):
 def truth_scores(object_name):
   """The metrics of the true object itself (the known answers, e.g. its saturation)."""
   obj, truth, _ = ground_truth(object_name)
-  scores = dict(saturation=ablation_metrics.object_saturation(truth.rgb, truth.alpha))
+  scores = dict(saturation=ablation_metrics.object_saturation(truth.rgb, truth.alpha),
+                janus_shape=janus_shape_score(truth.alpha, truth))
   if obj.front_feature is not None:
     scores.update(front_feature_scores(obj, truth.rgb, truth.alpha, truth))
   return scores
+
+
+def janus_shape_score(alpha, truth):
+  """`ablation_metrics.janus_silhouette_score` of the side views in `alpha`
+  ([len(EVAL_AZIMUTHS), H, W]) against the true front (azimuth 0) and true sides."""
+  side = [EVAL_AZIMUTHS.index(a) for a in SIDE_AZIMUTHS]
+  front = [EVAL_AZIMUTHS.index(0)] * len(side)
+  return ablation_metrics.janus_silhouette_score(alpha[side], truth.alpha[front],
+                                                 truth.alpha[side])
 
 
 def front_feature_scores(obj, rgb, alpha, truth):
@@ -260,17 +273,25 @@ def run_config(run: Run, *, steps: int | None):
   return config
 
 
-def train_and_score(run: Run, runs_dir: str, *, steps: int | None) -> dict:
-  """Train one run (or reuse/resume it) and score it; the scores are cached in its workdir."""
+def train_and_score(run: Run, runs_dir: str, *, steps: int | None, rescore: bool = False) -> dict:
+  """Train one run (or reuse/resume it) and score it; the scores are cached in its workdir.
+
+  With `rescore`, a finished run is scored again from its last checkpoint (after a change
+  to the metrics) without training.
+  """
   workdir = os.path.join(runs_dir, run.name)
-  scores_path = os.path.join(workdir, "scores.json")
   config = run_config(run, steps=steps)
   cached = cached_scores(run, runs_dir)
   if cached and cached.get("config") != json.loads(config.to_json(sort_keys=True)):
     sys.exit(f"error: {workdir} was made with a different config (configs/toy.py changed?); "
              "pass a new --runs_dir to run the study with the current one")
   if cached and cached["steps"] == config.train.steps:
-    return cached
+    if not rescore:
+      return cached
+    from dfjax import export  # pylint: disable=g-import-not-at-top
+    scene, params, _ = export.restore_params(config, workdir, step=config.train.steps)
+    return score_and_save(run, config, workdir, scene, params,
+                          train_seconds=cached["train_seconds"])
   start = time.time()
   state = train.train_and_evaluate(config, workdir)
   seconds = time.time() - start
@@ -279,14 +300,20 @@ def train_and_score(run: Run, runs_dir: str, *, steps: int | None) -> dict:
     sys.exit(f"stopped during {run.name}; run the same command to resume")
   params = jax.device_get(jax.tree.map(lambda x: x, state.params))
   scene = train.create_scene(config, prior=None, camera_kwargs={})
+  return score_and_save(run, config, workdir, scene, params, train_seconds=seconds)
+
+
+def score_and_save(run: Run, config, workdir: str, scene, params, *, train_seconds: float):
+  """Scores a finished run and writes scores.json and figure.npz into its workdir."""
+  start = time.time()
   scores, figure = score_run(scene, params, config.train.steps, run.object_name)
   np.savez(os.path.join(workdir, "figure.npz"), **{str(a): v for a, v in figure.items()})
-  result = dict(scores=scores, steps=config.train.steps, train_seconds=seconds,
+  result = dict(scores=scores, steps=config.train.steps, train_seconds=train_seconds,
                 config=json.loads(config.to_json(sort_keys=True)),
-                eval_seconds=time.time() - start - seconds)
-  with open(scores_path, "w") as f:
+                eval_seconds=time.time() - start)
+  with open(os.path.join(workdir, "scores.json"), "w") as f:
     json.dump(result, f, indent=1)
-  print(f"{run.name}: {config.train.steps} steps in {seconds:.0f} s; "
+  print(f"{run.name}: {config.train.steps} steps in {train_seconds:.0f} s; "
         + ", ".join(f"{k} {v:.3g}" for k, v in scores.items()), flush=True)
   return result
 
@@ -362,31 +389,62 @@ def score_of(results, run, key):
   return results[run]["scores"].get(key, float("nan")) if run in results else float("nan")
 
 
+def paired_scores(study, results, seeds, arm, key):
+  """{(object, seed): score} of an arm and of the study's reference arm."""
+  pairs = [(o, s) for o in study.objects for s in seeds]
+  return ({p: score_of(results, make_run(arm, study.bank, *p), key) for p in pairs},
+          {p: score_of(results, make_run(study.reference, study.bank, *p), key) for p in pairs})
+
+
+def arm_verdict(study, results, seeds, arm, key):
+  """Whether the arm's paired differences from the reference go the paper's way (`verdict`);
+  None for the reference itself and for metrics without an expectation."""
+  expected = study.expected.get((arm, key))
+  if arm == study.reference or expected is None:
+    return None
+  if key == "janus" and not front_feature_learned(study, results, seeds):
+    return f"n/a ({study.reference} never shows the front feature)"
+  values, reference = paired_scores(study, results, seeds, arm, key)
+  return verdict([values[p] - reference[p] for p in values], expected)
+
+
 def study_rows(study, results, seeds, truths):
   """The study's table rows: per arm and metric, mean ± spread over its objects and seeds."""
-  objects, rows = study.objects, []
+  rows = []
   for arm in study.arms:
     for key in study.metrics:
       metric = METRICS[key]
-      values = {(o, s): score_of(results, make_run(arm, study.bank, o, s), key)
-                for o in objects for s in seeds}
-      full = {(o, s): score_of(results, make_run(study.reference, study.bank, o, s), key)
-              for o in objects for s in seeds}
       truth = metric.truth
-      if key == "saturation":
-        truth = format_value(*ablation_metrics.mean_and_spread([truths[o][key] for o in objects]))
+      if all(key in truths[o] for o in study.objects):  # computed from the true object
+        truth = format_value(*ablation_metrics.mean_and_spread(
+            [truths[o][key] for o in study.objects]))
       expected = study.expected.get((arm, key))
-      if arm == study.reference:
-        expectation, reproduced = "(reference)", ""
-      elif expected is None:
-        expectation, reproduced = "(diagnostic)", ""
-      else:
-        expectation = f"{expected} than {study.reference}"
-        reproduced = verdict([values[k] - full[k] for k in values], expected)
+      expectation = ("(reference)" if arm == study.reference else
+                     "(diagnostic)" if expected is None else f"{expected} than {study.reference}")
+      values, _ = paired_scores(study, results, seeds, arm, key)
       rows.append(f"| {arm_label(arm, study.bank)} | {metric.label} | "
                   f"{format_value(*ablation_metrics.mean_and_spread(values.values()))} | "
-                  f"{truth} | {expectation} | {reproduced} |")
+                  f"{truth} | {expectation} | "
+                  f"{arm_verdict(study, results, seeds, arm, key) or ''} |")
   return rows
+
+
+def study_summary(study, results, seeds):
+  """Plain lines: which of the paper's expectations the toy world reproduces."""
+  groups = {"yes": [], "weakly": [], "**no**": [], "n/a": []}
+  for arm in study.arms:
+    for key in study.metrics:
+      found = arm_verdict(study, results, seeds, arm, key)
+      if found is not None:
+        groups[found.split(" ")[0]].append(f"{arm} {METRICS[key].label}")
+  total = sum(len(g) for g in groups.values())
+  words = {"yes": "reproduced on every object and seed",
+           "weakly": "reproduced on average only, not on every seed",
+           "**no**": "**not reproduced** (the toy world goes the other way)",
+           "n/a": "not measurable"}
+  return ([f"Of the paper's {total} expectations here:", ""]
+          + [f"- {words[name]}: {len(items)} ({'; '.join(items)})"
+             for name, items in groups.items() if items] + [""])
 
 
 # Below this silhouette IoU (against the true object, at the held-out views) the full method
@@ -405,9 +463,15 @@ def reference_mean(study, results, seeds, key):
   return mean, count
 
 
+def front_feature_learned(study, results, seeds) -> bool:
+  """Whether the reference arm shows the front feature from the front (so that the colour
+  Janus score can show a second one); True when not measured."""
+  front, count = reference_mean(study, results, seeds, "front_feature")
+  return not count or front >= LEARNED_FRONT_FEATURE
+
+
 def formation_note(study, results, seeds):
-  """A plain warning when the study's full method has not formed the object (or, for the
-  Janus study, its front feature)."""
+  """A plain warning when the study's full method has not run or not formed the object."""
   mean, count = reference_mean(study, results, seeds, "mask_iou")
   if count == 0:
     return [f"**Not run** in this study (no finished run of {study.reference}).", ""]
@@ -416,11 +480,17 @@ def formation_note(study, results, seeds):
             f"full method itself has not formed the object (silhouette IoU {mean:.2f} against "
             f"the true object, below {FORMED_MASK_IOU}), so the arms' differences are noise "
             "around an unformed blob, not evidence for or against the paper.", ""]
-  front, count = reference_mean(study, results, seeds, "front_feature")
-  if "janus" in study.metrics and count and front < LEARNED_FRONT_FEATURE:
-    return [f"**The Janus score measures nothing here**: the full method shows {front:.2f} of "
-            "the true front feature from the front (below "
-            f"{LEARNED_FRONT_FEATURE}), so no arm can show it twice.", ""]
+  return []
+
+
+def front_feature_note(study, results, seeds):
+  """A plain warning when the colour Janus score cannot measure anything."""
+  if "janus" in study.metrics and not front_feature_learned(study, results, seeds):
+    front, _ = reference_mean(study, results, seeds, "front_feature")
+    return [f"**The colour Janus score measures nothing here**: the full method shows "
+            f"{front:.2f} of the true front feature from the front (below "
+            f"{LEARNED_FRONT_FEATURE}), so no arm can show it twice. The other rows do not "
+            "depend on it.", ""]
   return []
 
 
@@ -446,7 +516,8 @@ def write_table(path, results, *, studies, seeds, steps, command, timings):
               "| arm | metric | value | known answer | paper expects | toy world reproduces? |",
               "|---|---|---|---|---|---|"]
     lines += study_rows(study, results, seeds, truths) + [""]
-    lines += formation_note(study, results, seeds)
+    lines += formation_note(study, results, seeds) or (
+        front_feature_note(study, results, seeds) + study_summary(study, results, seeds))
   lines += [f"Figures: experiments/results/ablations/*.png (seed {seeds[0]}; rows: the true "
             "object, then each arm; columns: azimuth " + ", ".join(map(str, FIGURE_AZIMUTHS))
             + f" at {EVAL_ELEVATION:g}° elevation, albedo).", ""]
@@ -502,6 +573,8 @@ def parse_args(argv):
                       "of configs/ablations.py's; a study keeps its full method)")
   parser.add_argument("--table_only", action="store_true",
                       help="write the table and figures from the finished runs only")
+  parser.add_argument("--rescore", action="store_true",
+                      help="score finished runs again from their checkpoints (new metrics)")
   parser.add_argument("--steps", type=int, default=None,
                       help="training steps per run (default: configs/toy.py's)")
   return parser.parse_args(argv)
@@ -542,7 +615,7 @@ def main(argv):
         results[run] = cached_scores(run, runs_dir)
       continue
     print(f"[{index + 1}/{len(runs)}] {run.name} ({time.time() - start:.0f} s so far)", flush=True)
-    results[run] = train_and_score(run, runs_dir, steps=steps)
+    results[run] = train_and_score(run, runs_dir, steps=steps, rescore=args.rescore)
   if not results:
     sys.exit(f"error: no finished run in {runs_dir}")
   train_seconds = [r["train_seconds"] for r in results.values()]
@@ -558,7 +631,7 @@ def main(argv):
                 "(shading.albedo_warmup_steps): runs this short never see lighting or "
                 "textureless shading, so no_lighting and no_textureless equal the full method.")
   command = "python experiments/run_ablations.py " + " ".join(
-      a for a in argv if a != "--table_only")
+      a for a in argv if a not in ("--table_only", "--rescore"))
   write_table(out_md, results, studies=studies, seeds=seeds,
               steps=", ".join(map(str, steps_done)),
               command=command.strip(), timings=timings)

@@ -123,3 +123,18 @@ def test_mean_and_spread_over_seeds():
   assert am.mean_and_spread([5.0]) == (5.0, 0.0, 1)
   mean, spread, count = am.mean_and_spread([float("nan")])
   assert np.isnan(mean) and np.isnan(spread) and count == 0
+
+
+def test_janus_silhouette_score_of_the_true_object_and_of_a_front_seen_from_the_side():
+  front = np.zeros((2, 20, 20))
+  front[:, 4:16, 8:12] = 1.0  # a narrow front outline: 48 pixels per view
+  side = np.zeros((2, 20, 20))
+  side[:, 4:16, 4:16] = 1.0  # a wide side outline: 144 pixels, containing the front's
+  # The true object: its side matches the side (IoU 1) and the front by 48/144.
+  assert am.janus_silhouette_score(side, front, side) == pytest.approx(48 / 144 - 1)
+  # A Janus object shows the front outline from the side.
+  assert am.janus_silhouette_score(front, front, side) == pytest.approx(1 - 48 / 144)
+  # Half-way (a 96-pixel outline between the two) lies in between.
+  middle = np.zeros((2, 20, 20))
+  middle[:, 4:16, 6:14] = 1.0
+  assert am.janus_silhouette_score(middle, front, side) == pytest.approx(48 / 96 - 96 / 144)

@@ -104,11 +104,22 @@ def test_table_rows_pair_each_arm_with_the_reference_on_the_same_object_and_seed
   assert "yes (2/2 pairs)" in by_cell[("no_view_dependence", label["janus"])]
   assert "yes (2/2 pairs)" in by_cell[("no_view_dependence", label["iou"])]
   assert "(diagnostic)" in by_cell[("no_view_dependence", label["front_feature"])]
-  # The full method formed the object and its front feature: no warning.
+  # The full method formed the object and its front feature: no warning, and a summary.
   assert study.formation_note(janus, results, [0, 1]) == []
+  assert study.front_feature_note(janus, results, [0, 1]) == []
+  summary = study.study_summary(janus, results, [0, 1])
+  assert summary[0] == "Of the paper's 4 expectations here:"
+  assert any(line.startswith("- reproduced on every object and seed: 2") for line in summary)
+  # janus_shape and psnr have no scores here.
+  assert any(line.startswith("- not measurable: 2") for line in summary)
   for run in results:
     results[run]["scores"]["front_feature"] = 0.1
-  assert "measures nothing" in study.formation_note(janus, results, [0, 1])[0]
+  assert study.formation_note(janus, results, [0, 1]) == []
+  assert "measures nothing" in study.front_feature_note(janus, results, [0, 1])[0]
+  rows = study.study_rows(janus, results, [0, 1], truths)
+  janus_row = next(row for row in rows if row.startswith("| no_view_dependence | "
+                                                          + label["janus"]))
+  assert "n/a (full never shows the front feature)" in janus_row
   for run in results:
     results[run]["scores"]["mask_iou"] = 0.3
   assert "does not reproduce" in study.formation_note(janus, results, [0, 1])[0]
