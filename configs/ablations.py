@@ -43,6 +43,10 @@ BANKS = {
     # warms up for 1000 of 15000 steps).
     "lambertian": {"toy.shading": "lambertian", "shading.shaded_prob": 0.75,
                    "shading.albedo_warmup_steps": 100},
+    # The same with every other photo untextured (lit white), so that the trainer's
+    # textureless views have neighbours in the bank, as they would in a photo prior.
+    "lambertian_textureless": {"toy.shading": "lambertian_textureless",
+                               "shading.shaded_prob": 0.75, "shading.albedo_warmup_steps": 100},
 }
 
 DEFAULT_BANK = {"no_view_dependence": "front_biased", "no_lighting": "lambertian",

@@ -643,7 +643,10 @@ LAMBERTIAN_DIFFUSE = 0.9
 # The renderer samples rays inside this sphere; the objects lie inside OBJECT_RADIUS, so a
 # tight bound spends the samples where the surfaces are.
 BANK_BOUND_RADIUS = 0.6
-SHADINGS = ("albedo", "lambertian")
+# "lambertian_textureless": every other view of each object is lit with its albedo replaced by
+# white (the trainer's textureless views, §3.1), so that such renders have neighbours in the
+# bank, as untextured renders have in a large photo prior's training data.
+SHADINGS = ("albedo", "lambertian", "lambertian_textureless")
 # Views per object of the default bank: 672 images of 64 x 64 in all, rendered in well under a
 # minute of two CPU cores' time after a compile of about 15 s.
 DEFAULT_VIEWS_PER_OBJECT = 96
@@ -709,14 +712,16 @@ def _bank_renderer(objects, *, resolution, num_samples, num_importance):
   (SURFACE_SOFTNESS), so the normals are as good.
 
   Returns:
-    render_view(object_index, azimuth_deg, elevation_deg, distance, fov_deg, light_key, lit)
-      -> (rgb [resolution, resolution, 3] in [0, 1], c2w [4, 4]); `lit` (bool) selects
-      Lambertian shading (see make_bank) over the albedo.
+    render_view(object_index, azimuth_deg, elevation_deg, distance, fov_deg, light_key, lit,
+                textureless) -> (rgb [resolution, resolution, 3] in [0, 1], c2w [4, 4]);
+      `lit` (bool) selects Lambertian shading (see make_bank) over the albedo, `textureless`
+      (bool) replaces the albedo by white.
   """
   fields = [field_fn_for(obj) for obj in objects]
 
   @jax.jit
-  def render_view(object_index, azimuth_deg, elevation_deg, distance, fov_deg, light_key, lit):
+  def render_view(object_index, azimuth_deg, elevation_deg, distance, fov_deg, light_key, lit,
+                  textureless):
     camera = cameras_lib.camera_from_angles(
         azimuth_deg=azimuth_deg, elevation_deg=elevation_deg, distance=distance,
         fov_deg=fov_deg, width=resolution, height=resolution)
@@ -724,7 +729,8 @@ def _bank_renderer(objects, *, resolution, num_samples, num_importance):
     shading = shading_lib.Shading(
         light_position=shading_lib.sample_light_position(light_key, camera.position),
         ambient=jnp.where(lit, LAMBERTIAN_AMBIENT, 1.0),
-        diffuse=jnp.where(lit, LAMBERTIAN_DIFFUSE, 0.0), textureless=jnp.zeros(()))
+        diffuse=jnp.where(lit, LAMBERTIAN_DIFFUSE, 0.0),
+        textureless=jnp.asarray(textureless, jnp.float32))
     output = render_lib.render_image(
         camera, key=jax.random.PRNGKey(0), field_fn=field_fn, background_fn=WHITE_BACKGROUND,
         shading=shading, num_samples=num_samples, num_importance=num_importance,
@@ -760,9 +766,10 @@ def make_bank(objects, *, resolution=64, num_views=DEFAULT_VIEWS_PER_OBJECT,
     resolution: image height and width in pixels.
     num_views: views per object.
     elevation_range_deg, distance_range, fov_range_deg: camera ranges (`bank_cameras`).
-    shading: "albedo" (the albedo only) or "lambertian" (lit by a point light near each
+    shading: "albedo" (the albedo only), "lambertian" (lit by a point light near each
       camera, LAMBERTIAN_AMBIENT and LAMBERTIAN_DIFFUSE; the light's position is drawn per
-      view as in App. A.2, from the seed).
+      view as in App. A.2, from the seed) or "lambertian_textureless" (as "lambertian", with
+      the albedo of every odd-numbered view of each object replaced by white).
     front_biased: over-represent front views (FRONT_BIASED_FRACTION of them).
     seed: seeds the cameras and lights.
     num_samples, num_importance: coarse and hierarchical samples per ray.
@@ -786,7 +793,8 @@ def make_bank(objects, *, resolution=64, num_views=DEFAULT_VIEWS_PER_OBJECT,
       rgb, c2w = render_view(index, views.azimuth_deg[view], views.elevation_deg[view],
                              views.distance[view], views.fov_deg[view],
                              jax.random.fold_in(light_key, len(images)),
-                             shading == "lambertian")
+                             shading != "albedo",
+                             shading == "lambertian_textureless" and view % 2 == 1)
       images.append(np.round(np.clip(np.asarray(rgb), 0.0, 1.0) * 255.0).astype(np.uint8))
       c2ws.append(np.asarray(c2w, np.float32))
     fovs.append(views.fov_deg)

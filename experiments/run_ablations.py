@@ -6,7 +6,7 @@ distinct front, over several seeds, and scored against the object's known shape 
 mean ± standard deviation over seeds, the paper's expectation and whether the toy world shows
 it) and turntable figures in experiments/results/ablations/.
 
-  python experiments/run_ablations.py --quick   # pipeline check: 8 runs of 30 steps, 1 seed
+  python experiments/run_ablations.py --quick   # pipeline check: 10 runs of 30 steps, 1 seed
   python experiments/run_ablations.py           # every arm x 2 seeds (house for the Janus
                                                 # study, yellow_duck for the others)
   python experiments/run_ablations.py --objects=yellow_duck,house --seeds=3   # larger
@@ -98,14 +98,15 @@ STUDIES = (
           {"no_view_dependence": "several faces: the front seen from other sides too"},
           {("no_view_dependence", "janus_shape"): "higher", ("no_view_dependence", "iou"): "lower",
            ("no_view_dependence", "psnr"): "lower", ("no_view_dependence", "janus"): "higher"}),
-    Study("Lighting and textureless shading (§3.1)", "lambertian",
-          ("full", "no_lighting", "no_textureless"), ("iou", "normal_error", "baked_shading"),
-          {"no_lighting": "flat geometry, shading painted into the colour",
-           "no_textureless": "worse geometry (colour explains the image instead of shape)"},
-          {("no_lighting", "iou"): "lower", ("no_lighting", "normal_error"): "higher",
-           ("no_lighting", "baked_shading"): "higher", ("no_textureless", "iou"): "lower",
-           ("no_textureless", "normal_error"): "higher",
-           ("no_textureless", "baked_shading"): "higher"}),
+    *(Study(f"Lighting and textureless shading{title} (§3.1)", bank,
+            ("full", "no_lighting", "no_textureless"), ("iou", "normal_error", "baked_shading"),
+            {"no_lighting": "flat geometry, shading painted into the colour",
+             "no_textureless": "worse geometry (colour explains the image instead of shape)"},
+            {**{(arm, "iou"): "lower" for arm in ("no_lighting", "no_textureless")},
+             **{(arm, key): "higher" for arm in ("no_lighting", "no_textureless")
+                for key in ("normal_error", "baked_shading")}})
+      for title, bank in (("", "lambertian"),
+                          (", untextured photos in the bank", "lambertian_textureless"))),
     Study("Regularisers (App. A.2)", "uniform", ("full", "no_regularisers"),
           ("floaters", "empty_density", "normal_error", "iou"),
           {"no_regularisers": "floaters and density in empty space; normals facing away"},
@@ -556,7 +557,7 @@ def write_figures(directory, runs_dir, *, studies, seed, results):
         draw.text((6, r * size + size // 2 - 6), label, fill="black")
         for c, image in enumerate(images):
           canvas.paste(Image.fromarray(to_uint8(image)), (label_width + c * size, r * size))
-      canvas.save(os.path.join(directory, f"{slug}_{object_name}.png"))
+      canvas.save(os.path.join(directory, f"{slug}_{study.bank}_{object_name}.png"))
 
 
 def parse_args(argv):
@@ -571,6 +572,8 @@ def parse_args(argv):
   parser.add_argument("--seeds", type=int, default=None, help="number of seeds")
   parser.add_argument("--arms", default=None, help="comma-separated arms to run (default: all "
                       "of configs/ablations.py's; a study keeps its full method)")
+  parser.add_argument("--banks", default=None, help="comma-separated: only the studies on "
+                      "these toy banks (" + ", ".join(ablation_configs.BANKS) + ")")
   parser.add_argument("--table_only", action="store_true",
                       help="write the table and figures from the finished runs only")
   parser.add_argument("--rescore", action="store_true",
@@ -578,6 +581,50 @@ def parse_args(argv):
   parser.add_argument("--steps", type=int, default=None,
                       help="training steps per run (default: configs/toy.py's)")
   return parser.parse_args(argv)
+
+
+def names(text, known, what):
+  """Comma-separated names, each checked against `known` (a one-line exit otherwise)."""
+  chosen = [name for name in text.split(",") if name]
+  unknown = [name for name in chosen if name not in known]
+  if unknown:
+    sys.exit(f"error: unknown {what} {unknown[0]!r}; choose from {', '.join(known)}")
+  return chosen
+
+
+def select_studies(args):
+  """STUDIES narrowed by --quick, --arms, --banks and --objects."""
+  # --quick: each study's full method and its first ablated arm only.
+  studies = [dataclasses.replace(s, arms=s.arms[:2]) for s in STUDIES] if args.quick else STUDIES
+  if args.arms:
+    chosen = set(names(args.arms, ablation_configs.ARMS, "arm"))
+    studies = [dataclasses.replace(s, arms=tuple(a for a in s.arms
+                                                 if a in chosen or a == s.reference))
+               for s in studies]
+    studies = [s for s in studies if len(s.arms) > 1]
+  if args.banks:
+    banks = names(args.banks, ablation_configs.BANKS, "bank")
+    studies = [s for s in studies if s.bank in banks]
+  if args.objects:
+    objects = tuple(names(args.objects, OBJECT_BY_NAME, "object"))
+    studies = [dataclasses.replace(s, objects=objects) for s in studies]
+  return studies
+
+
+def timing_note(results, runs):
+  """How many runs finished and how long they took, and a warning about short runs."""
+  train_seconds = [r["train_seconds"] for r in results.values()]
+  note = (f"{len(results)} of {len(runs)} planned runs finished"
+          + ("" if len(results) == len(runs) else " (missing ones count as n/a)")
+          + f"; training took {np.mean(train_seconds):.0f} s per run on average "
+          f"({jax.devices()[0].platform}, {os.cpu_count()} cores), "
+          f"{sum(train_seconds) / 60:.0f} min in all.")
+  warmup = ablation_configs.get_config("full,lambertian").shading.albedo_warmup_steps
+  if min(r["steps"] for r in results.values()) <= warmup:
+    note += (f" The lighting study renders albedo only for the first {warmup} steps "
+             "(shading.albedo_warmup_steps): runs this short never see lighting or "
+             "textureless shading, so no_lighting and no_textureless equal the full method.")
+  return note
 
 
 def main(argv):
@@ -589,23 +636,7 @@ def main(argv):
             else os.path.join(RESULTS, "ablations.md"))
   out_figures = (os.path.join(runs_dir, "figures") if args.quick
                  else os.path.join(RESULTS, "ablations"))
-  # --quick: each study's full method and its first ablated arm only.
-  studies = [dataclasses.replace(s, arms=s.arms[:2]) for s in STUDIES] if args.quick else STUDIES
-  if args.arms:
-    chosen = set(args.arms.split(",")) | {s.reference for s in STUDIES}
-    unknown = chosen - set(ablation_configs.ARMS)
-    if unknown:
-      sys.exit(f"error: unknown arm {sorted(unknown)[0]!r}; choose from "
-               f"{', '.join(ablation_configs.ARMS)}")
-    studies = [dataclasses.replace(s, arms=tuple(a for a in s.arms if a in chosen))
-               for s in studies]
-    studies = [s for s in studies if len(s.arms) > 1]
-  if args.objects:
-    objects = tuple(args.objects.split(","))
-    unknown = [o for o in objects if o not in OBJECT_BY_NAME]
-    if unknown:
-      sys.exit(f"error: unknown object {unknown[0]!r}; choose from {', '.join(OBJECT_BY_NAME)}")
-    studies = [dataclasses.replace(s, objects=objects) for s in studies]
+  studies = select_studies(args)
   runs = plan(studies, seeds)
   print(f"{len(runs)} runs in {runs_dir}", flush=True)
   start, results = time.time(), {}
@@ -618,25 +649,12 @@ def main(argv):
     results[run] = train_and_score(run, runs_dir, steps=steps, rescore=args.rescore)
   if not results:
     sys.exit(f"error: no finished run in {runs_dir}")
-  train_seconds = [r["train_seconds"] for r in results.values()]
-  steps_done = sorted({r["steps"] for r in results.values()})
-  timings = (f"{len(results)} of {len(runs)} planned runs finished"
-             + ("" if len(results) == len(runs) else " (missing ones count as n/a)")
-             + f"; training took {np.mean(train_seconds):.0f} s per run on average "
-             f"({jax.devices()[0].platform}, {os.cpu_count()} cores), "
-             f"{sum(train_seconds) / 60:.0f} min in all.")
-  warmup = ablation_configs.get_config("full,lambertian").shading.albedo_warmup_steps
-  if min(steps_done) <= warmup:
-    timings += (f" The lighting study renders albedo only for the first {warmup} steps "
-                "(shading.albedo_warmup_steps): runs this short never see lighting or "
-                "textureless shading, so no_lighting and no_textureless equal the full method.")
   command = "python experiments/run_ablations.py " + " ".join(
       a for a in argv if a not in ("--table_only", "--rescore"))
   write_table(out_md, results, studies=studies, seeds=seeds,
-              steps=", ".join(map(str, steps_done)),
-              command=command.strip(), timings=timings)
-  write_figures(out_figures, runs_dir, studies=studies, seed=seeds[0],
-                results=results)
+              steps=", ".join(map(str, sorted({r["steps"] for r in results.values()}))),
+              command=command.strip(), timings=timing_note(results, runs))
+  write_figures(out_figures, runs_dir, studies=studies, seed=seeds[0], results=results)
   print(f"wrote {out_md} and {out_figures}/ in {time.time() - start:.0f} s", flush=True)
 
 

@@ -124,3 +124,16 @@ def test_table_rows_pair_each_arm_with_the_reference_on_the_same_object_and_seed
     results[run]["scores"]["mask_iou"] = 0.3
   assert "does not reproduce" in study.formation_note(janus, results, [0, 1])[0]
   assert "Not run" in study.formation_note(janus, {}, [0, 1])[0]
+
+
+def test_command_line_narrows_the_studies_and_refuses_unknown_names(study):
+  args = study.parse_args(["--arms=no_lighting", "--banks=lambertian", "--objects=house"])
+  (chosen,) = study.select_studies(args)
+  assert (chosen.bank, chosen.arms, chosen.objects) == ("lambertian", ("full", "no_lighting"),
+                                                         ("house",))
+  quick = study.select_studies(study.parse_args(["--quick"]))
+  assert all(len(s.arms) == 2 and s.arms[0] == s.reference for s in quick)
+  for flag, what in (("--arms=no_such_arm", "arm"), ("--banks=no_such_bank", "bank"),
+                     ("--objects=no_such_object", "object")):
+    with pytest.raises(SystemExit, match=f"error: unknown {what} 'no_such_"):
+      study.select_studies(study.parse_args([flag]))

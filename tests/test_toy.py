@@ -466,6 +466,21 @@ def test_lambertian_bank_is_never_brighter_than_the_albedo(small_bank):
   assert np.mean(lit[object_pixels]) < 0.9 * np.mean(albedo[object_pixels])
 
 
+def test_lambertian_textureless_bank_whitens_every_other_view_only(small_bank):
+  """Even views equal the lambertian bank's; odd views are lit white: grey, R = G = B."""
+  kwargs = dict(resolution=_BANK_RESOLUTION, num_views=_BANK_VIEWS, seed=3)
+  lit = toy.make_bank(_BANK_OBJECTS, shading="lambertian", **kwargs)
+  mixed = toy.make_bank(_BANK_OBJECTS, shading="lambertian_textureless", **kwargs)
+  np.testing.assert_array_equal(mixed["c2w"], small_bank["c2w"])
+  odd = np.arange(len(mixed["images"])) % _BANK_VIEWS % 2 == 1
+  np.testing.assert_array_equal(mixed["images"][~odd], lit["images"][~odd])
+  textureless = mixed["images"][odd].astype(np.int32)
+  assert np.max(np.ptp(textureless, axis=-1)) <= 1  # grey: no colour left
+  object_pixels = np.any(small_bank["images"][odd] < 250, axis=-1)
+  # Lit white is brighter than lit albedo wherever the albedo is not white.
+  assert np.mean(textureless[object_pixels]) > np.mean(lit["images"][odd][object_pixels])
+
+
 # ---------------------------------------------------------------------------------------------
 # The cache.
 
