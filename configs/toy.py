@@ -29,7 +29,7 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
   toy.resolution = 32  # bank image size = render size, pixels
   toy.views_per_object = 96  # cameras per object
   toy.front_biased = False  # over-represent front views (the Janus ablation)
-  toy.shading = "albedo"  # "albedo" or "lambertian" bank images
+  toy.shading = "albedo"  # bank images: "albedo", "lambertian" or "lambertian_textureless"
   toy.seed = 0
   config.field.num_blocks = 2
   config.field.hidden_units = 32
