@@ -9,7 +9,8 @@ world the true object is known, so each expected failure gets a direct measureme
   front (`janus_score`).
 - Colour painted onto flat geometry (no lighting, §3.1): how well the learned albedo's
   brightness follows the surface's cosine to the camera, i.e. shading baked into the albedo
-  (`baked_shading_correlation`).
+  (`baked_shading_correlation`), and how much darker than the true albedo it is
+  (`albedo_brightness_ratio`).
 - Geometry, floaters and fidelity use dfjax.metrics (IoU, normal error, floater fraction,
   PSNR, saturation); this module adds the ground-truth occupancy grid, per-object saturation
   and the summary over seeds.
@@ -183,6 +184,28 @@ def baked_shading_correlation(albedo_rgb, reference_albedo, reference_normals, d
   ratio, cosine = ratio - ratio.mean(), cosine - cosine.mean()
   scale = np.sqrt(np.sum(ratio**2) * np.sum(cosine**2))
   return 0.0 if scale < 1e-12 else float(np.sum(ratio * cosine) / scale)
+
+
+def albedo_brightness_ratio(albedo_rgb, reference_albedo, mask) -> float:
+  """Mean luminance of the learned albedo over that of the true albedo, on masked pixels.
+
+  A model that never renders its own shading (no lighting, §3.1) but is shown shaded photos
+  darkens its colour to match them: the ratio falls towards the photos' mean shading factor
+  (ambient + diffuse · mean cosine). It is 1 for the true albedo.
+
+  Args:
+    albedo_rgb: [..., H, W, 3] albedo-only renders of the learned field.
+    reference_albedo: [..., H, W, 3] the true albedo at the same pixels.
+    mask: [..., H, W] bool, pixels on both the learned and the true object.
+
+  Returns:
+    the ratio of the masked means, > 0; NaN when no pixel is masked.
+  """
+  mask = np.asarray(mask, bool)
+  if not mask.any():
+    return float("nan")
+  return float(np.mean(luminance(albedo_rgb)[mask])
+               / max(np.mean(luminance(reference_albedo)[mask]), 1e-6))
 
 
 def object_saturation(rgb, alpha, *, alpha_threshold: float = 0.5) -> float:

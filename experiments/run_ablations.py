@@ -71,6 +71,7 @@ METRICS = {m.key: m for m in (
     Metric("front_feature", "front feature seen from the front (vs true)", "1"),
     Metric("normal_error", "normal error (deg)", "0"),
     Metric("baked_shading", "shading baked into albedo (corr.)", "0"),
+    Metric("albedo_ratio", "albedo brightness vs true", "1"),
     Metric("floaters", "floater fraction", "0"),
     Metric("empty_density", "mean density in empty space", "0"),
     Metric("psnr", "albedo PSNR at held-out views (dB)", "inf"),
@@ -80,15 +81,32 @@ METRICS = {m.key: m for m in (
 
 
 @dataclasses.dataclass(frozen=True)
+class Above:
+  """An expectation about an arm's own score, not its difference from the reference: above
+  `threshold` on every object and seed (e.g. shading visibly painted into the colour, where
+  the reference itself may err the other way)."""
+  threshold: float
+  meaning: str
+
+  def __str__(self):
+    return f"above {self.threshold:g} ({self.meaning})"
+
+
+# Shading counts as painted into the albedo above this correlation (1: fully baked in).
+BAKED = Above(0.2, "shading painted in")
+
+
+@dataclasses.dataclass(frozen=True)
 class Study:
   name: str
   bank: str
   arms: tuple  # the first is the reference
   metrics: tuple
   expectation: dict  # arm -> the paper's qualitative expectation
-  expected: dict  # (arm, metric) -> "higher"/"lower" than the reference arm
+  expected: dict  # (arm, metric) -> "higher"/"lower" than the reference arm, or Above
   reference: str = "full"
   objects: tuple = ("yellow_duck",)  # toy objects it runs on (--objects overrides)
+  toy_world: str = ""  # what the closed-form prior implies for this study
 
 
 STUDIES = (
@@ -97,14 +115,24 @@ STUDIES = (
                                            "front_feature"),
           {"no_view_dependence": "several faces: the front seen from other sides too"},
           {("no_view_dependence", "janus_shape"): "higher", ("no_view_dependence", "iou"): "lower",
-           ("no_view_dependence", "psnr"): "lower", ("no_view_dependence", "janus"): "higher"}),
+           ("no_view_dependence", "psnr"): "lower", ("no_view_dependence", "janus"): "higher"},
+          toy_world="Without the view in the prompt, every render is compared with the bank's "
+          "photos of the object from all sides, most of them from the front, so the object takes "
+          "the front's outline from the side too. The duck's beak covers about two pixels of a "
+          "32-pixel render; whether a run learns it decides if the colour score can speak."),
     *(Study(f"Lighting and textureless shading{title} (§3.1)", bank,
-            ("full", "no_lighting", "no_textureless"), ("iou", "normal_error", "baked_shading"),
+            ("full", "no_lighting", "no_textureless"),
+            ("iou", "normal_error", "baked_shading", "albedo_ratio"),
             {"no_lighting": "flat geometry, shading painted into the colour",
              "no_textureless": "worse geometry (colour explains the image instead of shape)"},
             {**{(arm, "iou"): "lower" for arm in ("no_lighting", "no_textureless")},
-             **{(arm, key): "higher" for arm in ("no_lighting", "no_textureless")
-                for key in ("normal_error", "baked_shading")}})
+             **{(arm, "normal_error"): "higher" for arm in ("no_lighting", "no_textureless")},
+             **{(arm, "baked_shading"): BAKED for arm in ("no_lighting", "no_textureless")},
+             ("no_lighting", "albedo_ratio"): "lower"},
+            toy_world="The exact prior's photos show the object from every side, so outlines "
+            "alone already rule out the flat shape with painted shading that lighting prevents "
+            "under a photo prior; lit and textureless renders add random lights that the field "
+            "must also match.")
       for title, bank in (("", "lambertian"),
                           (", untextured photos in the bank", "lambertian_textureless"))),
     Study("Regularisers (App. A.2)", "uniform", ("full", "no_regularisers"),
@@ -120,7 +148,10 @@ STUDIES = (
               "with s" for a in ("guidance_30", "guidance_7.5", "guidance_1")},
           {**{(a, m): "lower" for a in ("guidance_30", "guidance_7.5", "guidance_1")
               for m in ("psnr", "mask_iou", "saturation")}},
-          reference="guidance_100"),
+          reference="guidance_100",
+          toy_world="The exact prior's conditional images already show the prompted object, "
+          "so guidance only sharpens towards them: there is no weak text conditioning for high "
+          "guidance to overcome."),
 )
 
 # Toy objects by name; the Janus score needs one with a front feature (house's door,
@@ -197,6 +228,7 @@ def score_run(scene, params, step, object_name):
       normal_error=metrics.normal_error_deg(normals, truth.normals, both),
       baked_shading=ablation_metrics.baked_shading_correlation(
           rgb, truth.rgb, truth.normals, directions, both),
+      albedo_ratio=ablation_metrics.albedo_brightness_ratio(rgb, truth.rgb, both),
       floaters=metrics.floater_fraction(occupancy, true_occupancy),
       empty_density=metrics.empty_space_density(density, true_occupancy),
       psnr=metrics.psnr(rgb, truth.rgb), mask_iou=metrics.mask_iou(alpha, truth.alpha),
@@ -382,7 +414,22 @@ def verdict(differences, expected):
     return f"yes ({agree}/{len(differences)} pairs)"
   if sign * np.mean(differences) > 0:
     return f"weakly ({agree}/{len(differences)} pairs, within the seed spread)"
+  if not any(differences):
+    return f"**no** (equal on all {len(differences)} pairs)"
   return f"**no** ({agree}/{len(differences)} pairs)"
+
+
+def verdict_above(values, expected: Above):
+  """Whether the arm's own scores lie above the expectation's threshold."""
+  values = [v for v in values if np.isfinite(v)]
+  if not values:
+    return "n/a (no finite values)"
+  agree = sum(v > expected.threshold for v in values)
+  if agree == len(values):
+    return f"yes ({agree}/{len(values)} runs)"
+  if np.mean(values) > expected.threshold:
+    return f"weakly ({agree}/{len(values)} runs)"
+  return f"**no** ({agree}/{len(values)} runs)"
 
 
 def score_of(results, run, key):
@@ -406,6 +453,8 @@ def arm_verdict(study, results, seeds, arm, key):
   if key == "janus" and not front_feature_learned(study, results, seeds):
     return f"n/a ({study.reference} never shows the front feature)"
   values, reference = paired_scores(study, results, seeds, arm, key)
+  if isinstance(expected, Above):
+    return verdict_above(list(values.values()), expected)
   return verdict([values[p] - reference[p] for p in values], expected)
 
 
@@ -421,7 +470,9 @@ def study_rows(study, results, seeds, truths):
             [truths[o][key] for o in study.objects]))
       expected = study.expected.get((arm, key))
       expectation = ("(reference)" if arm == study.reference else
-                     "(diagnostic)" if expected is None else f"{expected} than {study.reference}")
+                     "(diagnostic)" if expected is None else
+                     str(expected) if isinstance(expected, Above) else
+                     f"{expected} than {study.reference}")
       values, _ = paired_scores(study, results, seeds, arm, key)
       rows.append(f"| {arm_label(arm, study.bank)} | {metric.label} | "
                   f"{format_value(*ablation_metrics.mean_and_spread(values.values()))} | "
@@ -441,7 +492,7 @@ def study_summary(study, results, seeds):
   total = sum(len(g) for g in groups.values())
   words = {"yes": "reproduced on every object and seed",
            "weakly": "reproduced on average only, not on every seed",
-           "**no**": "**not reproduced** (the toy world goes the other way)",
+           "**no**": "**not reproduced**",
            "n/a": "not measurable"}
   return ([f"Of the paper's {total} expectations here:", ""]
           + [f"- {words[name]}: {len(items)} ({'; '.join(items)})"
@@ -519,6 +570,8 @@ def write_table(path, results, *, studies, seeds, steps, command, timings):
     lines += study_rows(study, results, seeds, truths) + [""]
     lines += formation_note(study, results, seeds) or (
         front_feature_note(study, results, seeds) + study_summary(study, results, seeds))
+    if study.toy_world:
+      lines += [f"In the toy world, {study.toy_world[0].lower()}{study.toy_world[1:]}", ""]
   lines += [f"Figures: experiments/results/ablations/*.png (seed {seeds[0]}; rows: the true "
             "object, then each arm; columns: azimuth " + ", ".join(map(str, FIGURE_AZIMUTHS))
             + f" at {EVAL_ELEVATION:g}° elevation, albedo).", ""]

@@ -138,3 +138,13 @@ def test_janus_silhouette_score_of_the_true_object_and_of_a_front_seen_from_the_
   middle = np.zeros((2, 20, 20))
   middle[:, 4:16, 6:14] = 1.0
   assert am.janus_silhouette_score(middle, front, side) == pytest.approx(48 / 96 - 96 / 144)
+
+
+def test_albedo_brightness_ratio_is_one_for_the_truth_and_the_shading_factor_when_painted():
+  rng = np.random.default_rng(0)
+  albedo = rng.uniform(0.2, 0.9, (2, 6, 6, 3))
+  mask = rng.uniform(size=(2, 6, 6)) > 0.3
+  assert am.albedo_brightness_ratio(albedo, albedo, mask) == pytest.approx(1.0)
+  # Uniformly darkened by a shading factor of 0.55 (luminance is linear in rgb).
+  assert am.albedo_brightness_ratio(0.55 * albedo, albedo, mask) == pytest.approx(0.55)
+  assert np.isnan(am.albedo_brightness_ratio(albedo, albedo, np.zeros((2, 6, 6), bool)))

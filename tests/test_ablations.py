@@ -80,6 +80,7 @@ def test_arms_with_equal_configs_share_one_run(study):
     ([0.2, -0.1, 0.3], "lower", "**no** (1/3 pairs)"),
     ([-1.0, float("nan")], "lower", "yes (1/1 pairs)"),
     ([float("nan")], "lower", "n/a (no finite values)"),
+    ([0.0, 0.0], "higher", "**no** (equal on all 2 pairs)"),
 ])
 def test_verdict_follows_the_paired_differences(study, differences, expected, verdict):
   assert study.verdict(differences, expected) == verdict
@@ -137,3 +138,11 @@ def test_command_line_narrows_the_studies_and_refuses_unknown_names(study):
                      ("--objects=no_such_object", "object")):
     with pytest.raises(SystemExit, match=f"error: unknown {what} 'no_such_"):
       study.select_studies(study.parse_args([flag]))
+
+
+@pytest.mark.parametrize("values, verdict", [([0.5, 0.3], "yes (2/2 runs)"),
+                                             ([0.5, 0.0], "weakly (1/2 runs)"),
+                                             ([0.05, -0.4], "**no** (0/2 runs)")])
+def test_an_absolute_expectation_judges_the_arms_own_scores(study, values, verdict):
+  assert study.verdict_above(values, study.Above(0.2, "painted in")) == verdict
+  assert str(study.Above(0.2, "painted in")) == "above 0.2 (painted in)"
