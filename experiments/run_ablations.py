@@ -315,9 +315,13 @@ def train_and_score(run: Run, runs_dir: str, *, steps: int | None, rescore: bool
   workdir = os.path.join(runs_dir, run.name)
   config = run_config(run, steps=steps)
   cached = cached_scores(run, runs_dir)
-  if cached and cached.get("config") != json.loads(config.to_json(sort_keys=True)):
+  if cached and (study_fields(cached.get("config"))
+                 != study_fields(json.loads(config.to_json(sort_keys=True)))):
     sys.exit(f"error: {workdir} was made with a different config (configs/toy.py changed?); "
              "pass a new --runs_dir to run the study with the current one")
+  if cached and cached["steps"] > config.train.steps:
+    sys.exit(f"error: {workdir} has trained for {cached['steps']} steps, more than "
+             f"{config.train.steps}; pass a new --runs_dir for a shorter study")
   if cached and cached["steps"] == config.train.steps:
     if not rescore:
       return cached
@@ -334,6 +338,17 @@ def train_and_score(run: Run, runs_dir: str, *, steps: int | None, rescore: bool
   params = jax.device_get(jax.tree.map(lambda x: x, state.params))
   scene = train.create_scene(config, prior=None, camera_kwargs={})
   return score_and_save(run, config, workdir, scene, params, train_seconds=seconds)
+
+
+def study_fields(config: dict | None) -> dict | None:
+  """A run's config without its length (train.steps, train.checkpoint_every): a finished run
+  of another length is extended (or scored again) rather than refused."""
+  if config is None:
+    return None
+  config = json.loads(json.dumps(config))  # a deep copy with JSON's types (tuples -> lists)
+  for key in ("steps", "checkpoint_every"):
+    config["train"].pop(key, None)
+  return config
 
 
 def score_and_save(run: Run, config, workdir: str, scene, params, *, train_seconds: float):

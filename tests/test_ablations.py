@@ -4,6 +4,7 @@ Each arm must be the full method with one group of fields changed; arms with equ
 must share runs; the table's verdicts must follow the paired differences.
 """
 import importlib.util
+import json
 import os
 
 import ml_collections
@@ -146,3 +147,15 @@ def test_command_line_narrows_the_studies_and_refuses_unknown_names(study):
 def test_an_absolute_expectation_judges_the_arms_own_scores(study, values, verdict):
   assert study.verdict_above(values, study.Above(0.2, "painted in")) == verdict
   assert str(study.Above(0.2, "painted in")) == "above 0.2 (painted in)"
+
+
+def test_a_run_of_another_length_is_the_same_study_run_and_a_changed_field_is_not(study):
+  run = study.make_run("full", "uniform", "yellow_duck", 0)
+  short, long = (study.run_config(run, steps=n).to_dict() for n in (400, 800))
+  cached = json.loads(study.run_config(run, steps=400).to_json(sort_keys=True))
+  assert study.study_fields(cached) == study.study_fields(long)
+  assert study.study_fields(short) == study.study_fields(long)
+  changed = study.run_config(run, steps=400)
+  changed.prior.guidance_scale = 30.0
+  assert study.study_fields(cached) != study.study_fields(changed.to_dict())
+  assert study.study_fields(None) is None
