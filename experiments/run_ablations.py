@@ -4,13 +4,14 @@ Every arm of configs/ablations.py is trained with the closed-form prior on toy o
 distinct front, over several seeds, and scored against the object's known shape and colours
 (dfjax.ablation_metrics). Writes experiments/results/ablations.md (one row per arm and metric,
 mean ± standard deviation over seeds, the paper's expectation and whether the toy world shows
-it) and turntable figures in experiments/results/ablations/.
+it) and turntable figures in experiments/results/ablations/ (or under --results_dir).
 
   python experiments/run_ablations.py --quick   # pipeline check: 10 runs of 30 steps, 1 seed
-  python experiments/run_ablations.py           # every arm x 2 seeds (house for the Janus
-                                                # study, yellow_duck for the others)
+  python experiments/run_ablations.py           # the committed study: every arm x 2 seeds
+                                                # on the yellow duck (26 runs of 800 steps)
   python experiments/run_ablations.py --objects=yellow_duck,house --seeds=3   # larger
-  python experiments/run_ablations.py --arms=no_view_dependence --steps=600   # smaller
+  python experiments/run_ablations.py --arms=no_view_dependence --steps=600 \
+      --results_dir=runs/janus_600                                            # smaller
 Each run trains for configs/toy.py's step count unless --steps is given; a run costs about as
 much as the toy quick start (README), so size the study with --arms, --seeds and --steps.
 --table_only rewrites the table and figures from the runs finished so far.
@@ -587,7 +588,7 @@ def write_table(path, results, *, studies, seeds, steps, command, timings):
         front_feature_note(study, results, seeds) + study_summary(study, results, seeds))
     if study.toy_world:
       lines += [f"In the toy world, {study.toy_world[0].lower()}{study.toy_world[1:]}", ""]
-  lines += [f"Figures: experiments/results/ablations/*.png (seed {seeds[0]}; rows: the true "
+  lines += [f"Figures: ablations/*.png beside this file (seed {seeds[0]}; rows: the true "
             "object, then each arm; columns: azimuth " + ", ".join(map(str, FIGURE_AZIMUTHS))
             + f" at {EVAL_ELEVATION:g}° elevation, albedo).", ""]
   os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
@@ -634,9 +635,12 @@ def parse_args(argv):
                       help="1 object, 1 seed, few steps; results go under --runs_dir only")
   parser.add_argument("--runs_dir", default=None, help="workdirs of the runs "
                       "(default runs/ablations, or runs/ablations_quick with --quick)")
+  parser.add_argument("--results_dir", default=None, help="where ablations.md and its figures "
+                      "(ablations/*.png) go (default experiments/results, the committed study; "
+                      "--runs_dir with --quick)")
   parser.add_argument("--objects", default=None, help="comma-separated toy objects for every "
-                      "study, from: " + ", ".join(OBJECT_BY_NAME) + " (default: each study's "
-                      "own, house for Janus, yellow_duck otherwise)")
+                      "study, from: " + ", ".join(OBJECT_BY_NAME) + " (default: each "
+                      "study's own, the yellow duck)")
   parser.add_argument("--seeds", type=int, default=None, help="number of seeds")
   parser.add_argument("--arms", default=None, help="comma-separated arms to run (default: all "
                       "of configs/ablations.py's; a study keeps its full method)")
@@ -700,10 +704,9 @@ def main(argv):
   seeds = list(range(args.seeds or (1 if args.quick else 2)))
   steps = args.steps or (30 if args.quick else None)
   runs_dir = args.runs_dir or ("runs/ablations_quick" if args.quick else "runs/ablations")
-  out_md = (os.path.join(runs_dir, "ablations.md") if args.quick
-            else os.path.join(RESULTS, "ablations.md"))
-  out_figures = (os.path.join(runs_dir, "figures") if args.quick
-                 else os.path.join(RESULTS, "ablations"))
+  results_dir = args.results_dir or (runs_dir if args.quick else RESULTS)
+  out_md = os.path.join(results_dir, "ablations.md")
+  out_figures = os.path.join(results_dir, "ablations")
   studies = select_studies(args)
   runs = plan(studies, seeds)
   print(f"{len(runs)} runs in {runs_dir}", flush=True)

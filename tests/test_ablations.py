@@ -159,3 +159,53 @@ def test_a_run_of_another_length_is_the_same_study_run_and_a_changed_field_is_no
   changed.prior.guidance_scale = 30.0
   assert study.study_fields(cached) != study.study_fields(changed.to_dict())
   assert study.study_fields(None) is None
+
+
+def tiny_run_config(study, original):
+  """The study's run config, shrunk to seconds: a 16-pixel bank of 8 views, a tiny field."""
+
+  def run_config(run, *, steps):
+    config = original(run, steps=steps)
+    config.toy.resolution, config.toy.views_per_object = 16, 8
+    config.field.num_blocks, config.field.hidden_units = 1, 16
+    config.render.num_samples = 8
+    return config
+
+  return run_config
+
+
+def test_the_study_script_trains_scores_and_writes_its_table_and_figures(study, tmp_path,
+                                                                        monkeypatch):
+  monkeypatch.setenv("DFJAX_CACHE_DIR", str(tmp_path / "cache"))
+  monkeypatch.setattr(study, "run_config", tiny_run_config(study, study.run_config))
+  runs_dir, results_dir = tmp_path / "runs", tmp_path / "results"
+  argv = ["--arms=no_regularisers", "--banks=uniform", "--seeds=1", "--steps=3",
+          f"--runs_dir={runs_dir}", f"--results_dir={results_dir}"]
+  study.main(argv)
+
+  # Two runs (the regularisers study's full method and its arm), each trained and scored.
+  for arm in ("full", "no_regularisers"):
+    with open(runs_dir / "yellow_duck" / "uniform" / arm / "seed0" / "scores.json") as f:
+      result = json.load(f)
+    assert result["steps"] == 3
+    assert set(result["scores"]) >= {"iou", "normal_error", "floaters", "empty_density",
+                                     "psnr", "mask_iou", "saturation", "janus_shape", "janus"}
+    assert 0.0 <= result["scores"]["iou"] <= 1.0 and 0.0 <= result["scores"]["mask_iou"] <= 1.0
+  table = (results_dir / "ablations.md").read_text()
+  assert f"Made by: `python experiments/run_ablations.py {' '.join(argv)}`" in table
+  assert "## Regularisers" in table and "## Guidance" not in table
+  rows = [line for line in table.splitlines() if line.startswith("| no_regularisers |")]
+  assert len(rows) == len(next(s for s in study.STUDIES if s.bank == "uniform").metrics)
+  assert not any("n/a" in row.split("|")[3] for row in rows)  # every value was measured
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  figure = Image.open(results_dir / "ablations" / "regularisers_uniform_yellow_duck.png")
+  assert figure.size[1] == 3 * 2 * study.EVAL_RESOLUTION  # the true object, then both arms
+
+  # Run again: finished runs are reused, not trained again.
+  def no_training(*args, **kwargs):
+    raise AssertionError("a finished run was trained again")
+
+  monkeypatch.setattr(study.train, "train_and_evaluate", no_training)
+  os.remove(results_dir / "ablations.md")
+  study.main(argv)
+  assert (results_dir / "ablations.md").exists()
