@@ -37,6 +37,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs import ablations as ablation_configs  # pylint: disable=g-import-not-at-top
 from dfjax import ablation_metrics
 from dfjax import cameras as cameras_lib
+from dfjax import main as main_lib
 from dfjax import mesh as mesh_lib
 from dfjax import metrics
 from dfjax import render as render_lib
@@ -701,6 +702,9 @@ def timing_note(results, runs):
 
 def main(argv):
   args = parse_args(argv)
+  for flag in ("seeds", "steps"):
+    if getattr(args, flag) is not None and getattr(args, flag) < 1:
+      sys.exit(f"error: --{flag} must be at least 1, got {getattr(args, flag)}")
   seeds = list(range(args.seeds or (1 if args.quick else 2)))
   steps = args.steps or (30 if args.quick else None)
   runs_dir = args.runs_dir or ("runs/ablations_quick" if args.quick else "runs/ablations")
@@ -717,7 +721,8 @@ def main(argv):
         results[run] = cached_scores(run, runs_dir)
       continue
     print(f"[{index + 1}/{len(runs)}] {run.name} ({time.time() - start:.0f} s so far)", flush=True)
-    results[run] = train_and_score(run, runs_dir, steps=steps, rescore=args.rescore)
+    with main_lib.user_errors():  # e.g. an interrupted run's workdir holds another config
+      results[run] = train_and_score(run, runs_dir, steps=steps, rescore=args.rescore)
   if not results:
     sys.exit(f"error: no finished run in {runs_dir}")
   command = "python experiments/run_ablations.py " + " ".join(

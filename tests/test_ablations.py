@@ -141,6 +141,13 @@ def test_command_line_narrows_the_studies_and_refuses_unknown_names(study):
       study.select_studies(study.parse_args([flag]))
 
 
+@pytest.mark.parametrize("flag", ["--seeds=0", "--steps=-5"])
+def test_a_count_below_one_is_a_one_line_error(study, flag, tmp_path):
+  with pytest.raises(SystemExit, match=f"error: {flag.split('=')[0]} must be at least 1"):
+    study.main([flag, f"--runs_dir={tmp_path}", f"--results_dir={tmp_path}"])
+  assert not os.listdir(tmp_path)
+
+
 @pytest.mark.parametrize("values, verdict", [([0.5, 0.3], "yes (2/2 runs)"),
                                              ([0.5, 0.0], "weakly (1/2 runs)"),
                                              ([0.05, -0.4], "**no** (0/2 runs)")])
