@@ -11,7 +11,10 @@ import ml_collections
 import pytest
 
 from configs import ablations
+from configs import ablations_sd
+from configs import dreamfusion
 from configs import toy as toy_config
+from dfjax import config_checks
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -42,6 +45,25 @@ def test_each_arm_differs_from_the_full_method_only_in_its_own_fields(arm, bank)
   # And the full method on a bank differs from configs/toy.py only in the bank's fields.
   toy = flatten(toy_config.get_config())
   assert {name for name in toy if toy[name] != base[name]} <= set(ablations.BANKS[bank])
+
+
+@pytest.mark.parametrize("arm", list(ablations.ARMS))
+def test_each_stable_diffusion_arm_is_the_papers_method_with_its_own_fields_changed(arm):
+  base = flatten(dreamfusion.get_config())
+  config = ablations_sd.get_config(arm)
+  config_checks.check_config(config)
+  config = flatten(config)
+  assert {name for name in base if base[name] != config[name]} <= set(ablations.ARMS[arm])
+  for name, value in ablations.ARMS[arm].items():
+    assert config[name] == value
+  assert config["prior.kind"] == "stable_diffusion"
+
+
+def test_stable_diffusion_arms_refuse_a_toy_bank_and_unknown_arms_in_one_line():
+  for arg, message in (("full,uniform", "takes an arm only"), ("nope", "unknown ablation arm")):
+    with pytest.raises(ValueError, match=message) as error:
+      ablations_sd.get_config(arg)
+    assert "\n" not in str(error.value)
 
 
 def test_an_arm_without_a_bank_uses_its_studys_bank():
