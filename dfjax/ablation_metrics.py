@@ -8,9 +8,9 @@ world the true object is known, so each expected failure gets a direct measureme
   duck's beak) seen from behind, relative to how much of it the true object shows from the
   front (`janus_score`).
 - Colour painted onto flat geometry (no lighting, §3.1): how well the learned albedo's
-  brightness follows the surface's cosine to the camera, i.e. shading baked into the albedo
-  (`baked_shading_correlation`), and how much darker than the true albedo it is
-  (`albedo_brightness_ratio`).
+  brightness follows the shading of the photos, averaged over their lights, i.e. shading baked
+  into the albedo (`mean_diffuse_cosine`, `baked_shading_correlation`), and how much darker
+  than the true albedo it is (`albedo_brightness_ratio`).
 - Geometry, floaters and fidelity use dfjax.metrics (IoU, normal error, floater fraction,
   PSNR, saturation); this module adds the ground-truth occupancy grid, per-object saturation
   and the summary over seeds.
@@ -153,22 +153,52 @@ def luminance(rgb: np.ndarray) -> np.ndarray:
   return np.asarray(rgb, np.float64) @ np.array([0.2126, 0.7152, 0.0722])
 
 
-def baked_shading_correlation(albedo_rgb, reference_albedo, reference_normals, directions,
-                              mask) -> float:
-  """Correlation of the learned albedo's brightness with the surface's cosine to the camera.
+def mean_diffuse_cosine(points, normals, light_positions, *, lights_per_chunk: int = 64):
+  """How brightly a distribution of point lights shines on each surface point, on average.
 
-  Under a light near the camera (as in a Lambertian toy bank and App. A.2) a surface point is
-  lit by about max(0, n . v), v the unit vector to the camera. A model that never sees its own
-  shading (no lighting, §3.1) has to paint that shading into the albedo to match shaded
-  photos: the ratio of learned to true albedo brightness then follows n . v. This is the
-  Pearson correlation of that ratio with n . v over the masked pixels: about 0 when the albedo
-  is the true one times any constant, about 1 when shading is baked in.
+  DreamFusion §3.1: a point light at l shades a surface point x with normal n by
+  max(0, n · (l − x)/‖l − x‖). An albedo field is the same from every view, so shading that
+  gets painted into it can only be the shading averaged over the lights of the photos:
+  this is that average, E_l[max(0, n · (l − x)/‖l − x‖)], over the given light positions.
+  (The ambient and diffuse intensities scale and shift it, which a correlation ignores.)
+
+  Args:
+    points: [..., 3] surface points.
+    normals: [..., 3] unit outward normals there.
+    light_positions: [L, 3] point lights, e.g. `toy.sample_bank_lights`.
+    lights_per_chunk: lights handled at once (memory ~ points x chunk x 3 floats).
+
+  Returns:
+    [...] mean cosine in [0, 1].
+  """
+  points = np.asarray(points, np.float64)
+  normals = np.asarray(normals, np.float64)
+  lights = np.asarray(light_positions, np.float64)
+  total = np.zeros(points.shape[:-1])
+  for start in range(0, len(lights), lights_per_chunk):
+    to_light = lights[start:start + lights_per_chunk] - points[..., None, :]  # [..., C, 3]
+    # max(distance, 1e-12): a light exactly on the surface point has no direction.
+    to_light /= np.maximum(np.linalg.norm(to_light, axis=-1, keepdims=True), 1e-12)
+    total += np.clip(np.sum(to_light * normals[..., None, :], axis=-1), 0.0, None).sum(-1)
+  return total / len(lights)
+
+
+def baked_shading_correlation(albedo_rgb, reference_albedo, shading_factor, mask) -> float:
+  """Correlation of the learned albedo's brightness with the photos' average shading.
+
+  A model that never sees its own shading (no lighting, §3.1) has to paint the photos'
+  shading into its albedo to match them. Its albedo is one colour per surface point for all
+  views, so what it can paint in is the shading averaged over the photos' lights
+  (`mean_diffuse_cosine`): the ratio of learned to true albedo brightness then follows that
+  average. This is the Pearson correlation of the ratio with `shading_factor` over the masked
+  pixels: about 0 when the albedo is the true one times any constant, 1 when the average
+  shading is baked in.
 
   Args:
     albedo_rgb: [..., H, W, 3] albedo-only renders of the learned field.
     reference_albedo: [..., H, W, 3] the true albedo at the same pixels.
-    reference_normals: [..., H, W, 3] true unit outward normals.
-    directions: [..., H, W, 3] unit ray directions (camera to scene).
+    shading_factor: [..., H, W] the photos' average shading at the true surface point of each
+      pixel (any increasing affine function of `mean_diffuse_cosine` gives the same score).
     mask: [..., H, W] bool, pixels on both the learned and the true object.
 
   Returns:
@@ -179,11 +209,10 @@ def baked_shading_correlation(albedo_rgb, reference_albedo, reference_normals, d
   if np.count_nonzero(mask) < 3:
     return float("nan")
   ratio = luminance(albedo_rgb)[mask] / np.maximum(luminance(reference_albedo)[mask], 1e-3)
-  cosine = -np.sum(np.asarray(reference_normals, np.float64) * np.asarray(directions), axis=-1)
-  cosine = np.clip(cosine[mask], 0.0, 1.0)
-  ratio, cosine = ratio - ratio.mean(), cosine - cosine.mean()
-  scale = np.sqrt(np.sum(ratio**2) * np.sum(cosine**2))
-  return 0.0 if scale < 1e-12 else float(np.sum(ratio * cosine) / scale)
+  shading = np.asarray(shading_factor, np.float64)[mask]
+  ratio, shading = ratio - ratio.mean(), shading - shading.mean()
+  scale = np.sqrt(np.sum(ratio**2) * np.sum(shading**2))
+  return 0.0 if scale < 1e-12 else float(np.sum(ratio * shading) / scale)
 
 
 def albedo_brightness_ratio(albedo_rgb, reference_albedo, mask) -> float:

@@ -696,6 +696,30 @@ def bank_cameras(rng, *, num_views, elevation_range_deg=ELEVATION_RANGE_DEG,
                      fov_deg=as_float32(rng.uniform(*fov_range_deg, size=num_views)))
 
 
+def sample_bank_lights(num_lights, *, seed=0, elevation_range_deg=ELEVATION_RANGE_DEG,
+                       distance_range=DISTANCE_RANGE):
+  """Point lights as a Lambertian bank draws them: each near a camera of the bank's camera
+  distribution (`bank_cameras`, all around), by `shading.sample_light_position` (App. A.2).
+
+  A Monte Carlo sample of the lights the bank's photos were lit by, e.g. for the shading
+  averaged over those photos (`ablation_metrics.mean_diffuse_cosine`).
+
+  Args:
+    num_lights: how many lights (one per sampled camera).
+    seed: seeds the cameras and the lights.
+    elevation_range_deg, distance_range: the bank's camera ranges (make_bank's defaults).
+
+  Returns:
+    [num_lights, 3] float32 light positions.
+  """
+  views = bank_cameras(np.random.default_rng(seed), num_views=num_lights,
+                       elevation_range_deg=elevation_range_deg, distance_range=distance_range)
+  positions = cameras_lib.spherical_to_position(views.azimuth_deg, views.elevation_deg,
+                                                views.distance)
+  keys = jax.random.split(jax.random.PRNGKey(seed), num_lights)
+  return np.asarray(jax.vmap(shading_lib.sample_light_position)(keys, positions))
+
+
 def _grid_with_offset(rng, num, *, start, width):
   """num angles spaced width/num apart in [start, start + width), randomly offset. [num]."""
   return start + (np.arange(num) + rng.uniform()) * (width / max(num, 1))

@@ -76,23 +76,48 @@ def test_feature_pixels_take_the_nearest_palette_colour_within_range():
   assert am.feature_fraction(rgb, alpha, palette=palette, feature_index=1) == pytest.approx(1 / 3)
 
 
-def test_baked_shading_correlation_is_one_for_baked_cosine_and_zero_for_flat_albedo():
+def test_baked_shading_correlation_is_one_for_baked_shading_and_zero_for_flat_albedo():
   rng = np.random.default_rng(0)
-  normals = rng.normal(size=(2, 16, 16, 3))
-  normals /= np.linalg.norm(normals, axis=-1, keepdims=True)
-  directions = np.broadcast_to([0.0, 0.0, -1.0], normals.shape)
-  cosine = np.clip(normals[..., 2], 0.0, 1.0)
-  mask = cosine > 0.05
+  shading = rng.uniform(0.0, 1.0, size=(2, 16, 16))
+  mask = shading > 0.05
   true_albedo = rng.choice([0.2, 0.5, 0.9], size=(2, 16, 16, 1)) * np.ones(3)
-  baked = true_albedo * (0.1 + 0.9 * cosine)[..., None]
-  assert am.baked_shading_correlation(baked, true_albedo, normals, directions,
+  baked = true_albedo * (0.1 + 0.9 * shading)[..., None]
+  assert am.baked_shading_correlation(baked, true_albedo, shading,
                                       mask) == pytest.approx(1.0, abs=1e-9)
-  assert am.baked_shading_correlation(0.7 * true_albedo, true_albedo, normals, directions,
-                                      mask) == 0.0
+  assert am.baked_shading_correlation(0.7 * true_albedo, true_albedo, shading, mask) == 0.0
   noisy = true_albedo * rng.uniform(0.5, 1.5, size=(2, 16, 16, 1))
-  assert abs(am.baked_shading_correlation(noisy, true_albedo, normals, directions, mask)) < 0.15
-  assert np.isnan(am.baked_shading_correlation(baked, true_albedo, normals, directions,
+  assert abs(am.baked_shading_correlation(noisy, true_albedo, shading, mask)) < 0.15
+  assert np.isnan(am.baked_shading_correlation(baked, true_albedo, shading,
                                                np.zeros_like(mask)))
+
+
+def test_mean_diffuse_cosine_of_one_light_and_of_lights_from_every_direction():
+  rng = np.random.default_rng(0)
+  normals = rng.normal(size=(5, 3))
+  normals /= np.linalg.norm(normals, axis=-1, keepdims=True)
+  points = rng.uniform(-0.3, 0.3, size=(5, 3))
+  light = np.array([[0.4, -1.0, 0.8]])
+  to_light = (light - points) / np.linalg.norm(light - points, axis=-1, keepdims=True)
+  np.testing.assert_allclose(am.mean_diffuse_cosine(points, normals, light),
+                             np.clip(np.sum(normals * to_light, axis=-1), 0, None), atol=1e-12)
+  # Far lights uniform over the sphere: E[max(0, n . l)] = 1/4 for every normal.
+  directions = rng.normal(size=(200000, 3))
+  far = 1e6 * directions / np.linalg.norm(directions, axis=-1, keepdims=True)
+  np.testing.assert_allclose(am.mean_diffuse_cosine(points, normals, far, lights_per_chunk=4096),
+                             0.25, atol=0.005)  # 7 standard errors of the mean (0.32/sqrt(N))
+
+
+def test_bank_lights_are_near_the_bank_cameras():
+  lights = toy.sample_bank_lights(4000, seed=1)
+  distance = np.linalg.norm(lights, axis=-1)
+  assert lights.shape == (4000, 3) and distance.min() >= 0.8 - 1e-5
+  assert distance.max() <= 1.5 + 1e-5
+  # Cameras all around at elevations in [-10, 70] degrees: azimuths balance out, and the
+  # lights lean upwards like the cameras (N(camera, I) keeps most of their direction).
+  assert np.linalg.norm(lights[:, :2].mean(axis=0)) < 0.05
+  elevation = np.degrees(np.arcsin(lights[:, 2] / distance))
+  assert 10.0 < np.median(elevation) < 40.0
+  assert not np.array_equal(lights, toy.sample_bank_lights(4000, seed=2))
 
 
 def test_ground_truth_occupancy_matches_a_sphere_volume_and_scores_of_identical_shapes():

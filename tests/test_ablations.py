@@ -170,14 +170,6 @@ def test_a_count_below_one_is_a_one_line_error(study, flag, tmp_path):
   assert not os.listdir(tmp_path)
 
 
-@pytest.mark.parametrize("values, verdict", [([0.5, 0.3], "yes (2/2 runs)"),
-                                             ([0.5, 0.0], "weakly (1/2 runs)"),
-                                             ([0.05, -0.4], "**no** (0/2 runs)")])
-def test_an_absolute_expectation_judges_the_arms_own_scores(study, values, verdict):
-  assert study.verdict_above(values, study.Above(0.2, "painted in")) == verdict
-  assert str(study.Above(0.2, "painted in")) == "above 0.2 (painted in)"
-
-
 def test_a_run_of_another_length_is_the_same_study_run_and_a_changed_field_is_not(study):
   run = study.make_run("full", "uniform", "yellow_duck", 0)
   short, long = (study.run_config(run, steps=n).to_dict() for n in (400, 800))
