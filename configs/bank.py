@@ -14,7 +14,7 @@ Departures from dreamfusion.py, each for the closed-form prior:
 - guidance scale 7.5, not 100: the exact prior's conditional images already show the
   prompted object, so guidance only sharpens towards them. In the ablation study's sweep
   (experiments/results/ablations.md) s = 100 over-saturates the colours past the true
-  object's and is about 1 dB less faithful at held-out views than 7.5;
+  object's and is about 0.8 dB less faithful at held-out views than 7.5;
 - albedo-only shading: a bank of albedo renders knows no lit or textureless images, and
   asking it about them pulls the geometry apart. For a bank rendered with lighting, set
   --config.shading.shaded_prob=0.75 (the paper's);
