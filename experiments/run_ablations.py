@@ -674,9 +674,12 @@ def timing_note(results, runs):
           + f"; training took {np.mean(train_seconds):.0f} s per run on average "
           f"({jax.devices()[0].platform}, {os.cpu_count()} cores), "
           f"{sum(train_seconds) / 60:.0f} min in all.")
-  warmup = ablation_configs.get_config("full,lambertian").shading.albedo_warmup_steps
-  if min(r["steps"] for r in results.values()) <= warmup:
-    note += (f" The lighting study renders albedo only for the first {warmup} steps "
+  # Runs that would light some views, but stopped within their albedo-only warm-up.
+  unlit = sorted({r["config"]["shading"]["albedo_warmup_steps"] for r in results.values()
+                  if r["config"]["shading"]["shaded_prob"] > 0
+                  and r["steps"] <= r["config"]["shading"]["albedo_warmup_steps"]})
+  if unlit:
+    note += (f" The lighting studies render albedo only for the first {unlit[0]} steps "
              "(shading.albedo_warmup_steps): runs this short never see lighting or "
              "textureless shading, so no_lighting and no_textureless equal the full method.")
   return note

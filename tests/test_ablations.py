@@ -215,6 +215,7 @@ def test_the_study_script_trains_scores_and_writes_its_table_and_figures(study, 
   table = (results_dir / "ablations.md").read_text()
   assert f"Made by: `python experiments/run_ablations.py {' '.join(argv)}`" in table
   assert "## Regularisers" in table and "## Guidance" not in table
+  assert "albedo_warmup_steps" not in table  # no run of this study lights any view
   rows = [line for line in table.splitlines() if line.startswith("| no_regularisers |")]
   assert len(rows) == len(next(s for s in study.STUDIES if s.bank == "uniform").metrics)
   assert not any("n/a" in row.split("|")[3] for row in rows)  # every value was measured
@@ -230,3 +231,17 @@ def test_the_study_script_trains_scores_and_writes_its_table_and_figures(study, 
   os.remove(results_dir / "ablations.md")
   study.main(argv)
   assert (results_dir / "ablations.md").exists()
+
+
+def test_timing_note_warns_only_of_lit_runs_that_stopped_within_their_warm_up(study):
+  def result(steps, shaded_prob):
+    return {"train_seconds": 60.0, "steps": steps,
+            "config": {"shading": {"shaded_prob": shaded_prob, "albedo_warmup_steps": 100}}}
+
+  runs = [study.Run("full", bank, "yellow_duck", 0) for bank in ("uniform", "lambertian")]
+  note = study.timing_note({runs[0]: result(30, 0.0), runs[1]: result(30, 0.75)}, runs)
+  assert note.startswith("2 of 2 planned runs finished; training took 60 s per run")
+  assert "albedo only for the first 100 steps" in note
+  for lit_steps, shaded_prob in ((400, 0.75), (30, 0.0)):
+    note = study.timing_note({runs[1]: result(lit_steps, shaded_prob)}, runs)
+    assert "albedo only" not in note and "(missing ones count as n/a)" in note
