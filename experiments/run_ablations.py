@@ -675,11 +675,11 @@ def timing_note(results, runs):
           f"({jax.devices()[0].platform}, {os.cpu_count()} cores), "
           f"{sum(train_seconds) / 60:.0f} min in all.")
   # Runs that would light some views, but stopped within their albedo-only warm-up.
-  unlit = sorted({r["config"]["shading"]["albedo_warmup_steps"] for r in results.values()
-                  if r["config"]["shading"]["shaded_prob"] > 0
-                  and r["steps"] <= r["config"]["shading"]["albedo_warmup_steps"]})
+  unlit = [r["config"]["shading"]["albedo_warmup_steps"] for r in results.values()
+           if r["config"]["shading"]["shaded_prob"] > 0
+           and r["steps"] <= r["config"]["shading"]["albedo_warmup_steps"]]
   if unlit:
-    note += (f" The lighting studies render albedo only for the first {unlit[0]} steps "
+    note += (f" The lighting studies render albedo only for the first {min(unlit)} steps "
              "(shading.albedo_warmup_steps): runs this short never see lighting or "
              "textureless shading, so no_lighting and no_textureless equal the full method.")
   return note

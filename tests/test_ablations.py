@@ -182,7 +182,7 @@ def test_a_run_of_another_length_is_the_same_study_run_and_a_changed_field_is_no
   assert study.study_fields(None) is None
 
 
-def tiny_run_config(study, original):
+def tiny_run_config(original):
   """The study's run config, shrunk to seconds: a 16-pixel bank of 8 views, a tiny field."""
 
   def run_config(run, *, steps):
@@ -198,7 +198,7 @@ def tiny_run_config(study, original):
 def test_the_study_script_trains_scores_and_writes_its_table_and_figures(study, tmp_path,
                                                                         monkeypatch):
   monkeypatch.setenv("DFJAX_CACHE_DIR", str(tmp_path / "cache"))
-  monkeypatch.setattr(study, "run_config", tiny_run_config(study, study.run_config))
+  monkeypatch.setattr(study, "run_config", tiny_run_config(study.run_config))
   runs_dir, results_dir = tmp_path / "runs", tmp_path / "results"
   argv = ["--arms=no_regularisers", "--banks=uniform", "--seeds=1", "--steps=3",
           f"--runs_dir={runs_dir}", f"--results_dir={results_dir}"]
