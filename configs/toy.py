@@ -5,7 +5,7 @@ Run:
   python -m dfjax.main --config=configs/toy.py --workdir=runs/house \
       --config.prompt="a house with a red door"
 The first run renders the toy bank (procedural captioned objects seen from many cameras,
-dfjax.toy) into the user's cache directory. Training then distils the object named by the
+dfjax.toy.banks) into the user's cache directory. Training then distils the object named by the
 prompt from the bank's closed-form prior alone: the field never sees a target pixel except
 through ε̂. On 2 CPU cores it finishes within 10 minutes with a recognisable object, and
 writes mesh.ply, mesh.glb and turntable.gif into the workdir. An unknown prompt lists the
@@ -24,7 +24,7 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
   config = bank.get_config(arg)
   config.prompt = "a yellow duck"
   config.prior.kind = "toy"
-  # The toy bank (dfjax.toy.get_toy_bank); cached by these values.
+  # The toy bank (dfjax.toy.banks.get_toy_bank); cached by these values.
   config.toy = toy = ml_collections.ConfigDict()
   toy.resolution = 32  # bank image size = render size, pixels
   toy.views_per_object = 96  # cameras per object

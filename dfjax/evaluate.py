@@ -9,6 +9,9 @@ fraction of renders for which CLIP (Radford et al. 2021) retrieves the run's pro
 captions of FILE (one per line; it must contain the prompt). The paper's Table 1 numbers for
 the same CLIP architecture are printed beside them. The paper evaluates 153 prompts over 153
 COCO captions; a single run is one scene of that average.
+
+Data flow: the top: the entry point over train.restore, train.model (the renders) and
+eval.clip_eval.
 """
 from __future__ import annotations
 
@@ -18,9 +21,9 @@ from absl import flags
 import jax
 import numpy as np
 
-from dfjax import cameras as cameras_lib
-from dfjax import main as main_lib
+from dfjax import cli
 from dfjax.errors import UserError
+from dfjax.scene import cameras as cameras_lib
 
 FLAGS = flags.FLAGS
 ELEVATION_DEG = 30.0  # Dream Fields / DreamFusion R-Precision renders (§4)
@@ -58,10 +61,10 @@ def evaluation_cameras(config, *, num_azimuths: int, resolution: int):
 
 
 def render_modes(scene, params, step: int, cameras) -> dict:
-  """{"color": [N, H, W, 3], "geometry": [N, H, W, 3]} renders through train.render_preview."""
-  from dfjax import train  # pylint: disable=g-import-not-at-top
-  preview = jax.jit(lambda p, camera, mode: train.render_preview(scene, p, camera, step,
-                                                                 mode=mode),
+  """{"color": [N, H, W, 3], "geometry": [N, H, W, 3]} renders through model_lib.render_preview."""
+  from dfjax.train import model as model_lib  # pylint: disable=g-import-not-at-top
+  preview = jax.jit(lambda p, camera, mode: model_lib.render_preview(scene, p, camera, step,
+                                                                     mode=mode),
                     static_argnames="mode")
   return {column: np.stack([np.asarray(preview(params, camera, mode=mode))
                             for camera in cameras])
@@ -76,16 +79,16 @@ def evaluate_run(workdir: str, *, clip: str, captions: str, num_azimuths: int = 
     UserError: bad arguments, a missing run or checkpoint, captions without the prompt, or a
       CLIP that cannot be loaded.
   """
-  from dfjax import clip_eval  # pylint: disable=g-import-not-at-top
-  from dfjax import export  # pylint: disable=g-import-not-at-top
+  from dfjax.eval import clip_eval  # pylint: disable=g-import-not-at-top
+  from dfjax.train import restore  # pylint: disable=g-import-not-at-top
   if num_azimuths < 1:
     raise UserError(f"--num_azimuths must be at least 1, got {num_azimuths}")
   if resolution is not None and resolution < 8:
     raise UserError(f"--resolution must be at least 8, got {resolution}")
-  config = export.load_run_config(workdir)
+  config = restore.load_run_config(workdir)
   caption_list = clip_eval.read_captions(captions, required=[config.prompt])
   model = clip_eval.load_clip(clip)
-  scene, params, step = export.restore_params(config, workdir, step=step)
+  scene, params, step = restore.restore_params(config, workdir, step=step)
   cameras = evaluation_cameras(config, num_azimuths=num_azimuths,
                                resolution=resolution or config.camera.resolution)
   renders = render_modes(scene, params, step, cameras)
@@ -101,7 +104,7 @@ def evaluate_run(workdir: str, *, clip: str, captions: str, num_azimuths: int = 
 
 def format_report(evaluation: Evaluation) -> str:
   """Lines of the CLI's output: our R-Precision and the paper's (fractions in [0, 1])."""
-  from dfjax import clip_eval  # pylint: disable=g-import-not-at-top
+  from dfjax.eval import clip_eval  # pylint: disable=g-import-not-at-top
   paper = clip_eval.PAPER_R_PRECISION.get(evaluation.architecture)
   name = f"CLIP {evaluation.architecture}" if evaluation.architecture else "this CLIP"
   lines = [f"CLIP R-Precision of {evaluation.prompt!r} at step {evaluation.step}: "
@@ -131,8 +134,8 @@ def define_flags(flag_values=FLAGS):
 
 
 def main(argv, flag_values=FLAGS):
-  main_lib.quiet_libraries()
-  with main_lib.user_errors():
+  cli.quiet_libraries()
+  with cli.user_errors():
     if len(argv) > 1:
       raise UserError(f"unexpected arguments {argv[1:]}; flags look like --workdir=DIR "
                       "--clip=DIR --captions=FILE")
@@ -149,4 +152,4 @@ def main(argv, flag_values=FLAGS):
 
 if __name__ == "__main__":
   define_flags()
-  main_lib.run(main)
+  cli.run(main)

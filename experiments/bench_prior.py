@@ -12,7 +12,7 @@ Measured per step, for `--batch` renders of 64x64:
   unet:      the guided U-Net call of `predict_noise` (cond + uncond in one call, so the U-Net
              batch is 2 * batch; 64x64x4 latents, 77 prompt tokens);
   vae+grad:  `encode` (resize 64 -> 512, VAE encoder) and its gradient w.r.t. the renders;
-  sds:       the whole prior side of a step, `jax.grad` of `dfjax.sds.score_distillation`
+  sds:       the whole prior side of a step, `jax.grad` of `dfjax.priors.sds.score_distillation`
              w.r.t. the renders.
 FLOPs come from XLA's cost analysis of the compiled program (a multiply-add counts 2), time
 is the median wall time of `--repeats` calls after compilation.
@@ -37,8 +37,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dfjax import diffusion
-from dfjax import sds
+from dfjax.priors import diffusion
+from dfjax.priors import sd_checkpoint
+from dfjax.priors import sds
 from dfjax.priors import stable_diffusion
 
 # runwayml/stable-diffusion-v1-5 unet/config.json (the fields the Flax U-Net reads).
@@ -85,7 +86,7 @@ def random_params(abstract, *, seed):
 
 def build_prior(unet_config, *, dtype):
   """A StableDiffusionPrior with the given U-Net architecture, SD's VAE and random weights."""
-  unet_class, vae_class = stable_diffusion.flax_model_classes()
+  unet_class, vae_class = sd_checkpoint.flax_model_classes()
   compute_dtype = stable_diffusion.DTYPES[dtype]
   unet = unet_class.from_config(unet_config, dtype=compute_dtype)
   vae = vae_class.from_config(SD_VAE, dtype=compute_dtype)

@@ -18,7 +18,12 @@ import jax.numpy as jnp
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import append_table, time_call  # pylint: disable=g-import-not-at-top
 
-from dfjax import background, cameras, field, losses, render, shading
+from dfjax.scene import background
+from dfjax.scene import cameras
+from dfjax.scene import field
+from dfjax.scene import losses
+from dfjax.scene import render
+from dfjax.scene import shading
 
 
 def main():

@@ -12,7 +12,6 @@ gradient), and the whole step; "update and rest" is the whole step minus the oth
 The table is printed and appended to experiments/results/bench.md.
 """
 import argparse
-import functools
 import os
 import sys
 
@@ -23,18 +22,21 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import append_table, time_call  # pylint: disable=g-import-not-at-top
 
 from configs import dreamfusion, toy as toy_config
-from dfjax import sds, train
+from dfjax.priors import sds
+from dfjax.train import model as model_lib
+from dfjax.train import prior_setup
+from dfjax.train import step as step_lib
 
 
 def setup(name: str):
   if name == "toy":
     config = toy_config.get_config()
-    prior, camera_kwargs = train.build_prior(config)
+    prior, camera_kwargs = prior_setup.build_prior(config)
     return config, prior, camera_kwargs
   import bench_prior  # pylint: disable=g-import-not-at-top
   config = dreamfusion.get_config()
   prior = bench_prior.build_prior(bench_prior.MODELS[name][1], dtype=config.prior.dtype)
-  return config, prior, train.camera_kwargs_from_config(config)
+  return config, prior, prior_setup.camera_kwargs_from_config(config)
 
 
 def main():
@@ -43,21 +45,21 @@ def main():
   parser.add_argument("--steps", type=int, default=5, help="timed repeats of each part")
   args = parser.parse_args()
   config, prior, camera_kwargs = setup(args.setup)
-  scene = train.create_scene(config, prior, camera_kwargs=camera_kwargs)
-  optimizer = train.create_optimizer(config)
-  state = train.create_train_state(scene, optimizer, jax.random.PRNGKey(0))
+  scene = model_lib.create_scene(config, prior, camera_kwargs=camera_kwargs)
+  optimizer = step_lib.create_optimizer(config)
+  state = step_lib.create_train_state(scene, optimizer, jax.random.PRNGKey(0))
   key, step = jax.random.PRNGKey(1), jnp.asarray(2000)
-  render = lambda params: train.render_view(scene, params, key, step)[0].rgb
+  render = lambda params: model_lib.render_view(scene, params, key, step)[0].rgb
   render_forward = jax.jit(render)
   render_backward = jax.jit(jax.grad(lambda params: jnp.sum(render(params))))
   image = render_forward(state.params)
   prior_call = jax.jit(jax.grad(lambda im, p: sds.score_distillation(
       prior, p, im[None], jnp.zeros((1,), jnp.int32), key,
       guidance_scale=config.prior.guidance_scale).loss))
-  mesh = train.make_mesh(jax.devices()[:1])
-  train_step = train.make_train_step(scene, optimizer, mesh)
-  replicated = train.replicate(prior.params, mesh)
-  step_state = [train.replicate(state, mesh)]
+  mesh = step_lib.make_mesh(jax.devices()[:1])
+  train_step = step_lib.make_train_step(scene, optimizer, mesh)
+  replicated = step_lib.replicate(prior.params, mesh)
+  step_state = [step_lib.replicate(state, mesh)]
 
   def whole_step():
     step_state[0], metrics = train_step(step_state[0], replicated)

@@ -1,14 +1,17 @@
-"""The ablation scores on cases whose values are known (dfjax.ablation_metrics)."""
+"""The ablation scores on cases whose values are known (dfjax.eval.ablation_metrics)."""
 import dataclasses
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dfjax import ablation_metrics as am
-from dfjax import cameras
-from dfjax import metrics
-from dfjax import toy
+from dfjax.eval import ablation_metrics as am
+from dfjax.eval import metrics
+from dfjax.scene import cameras
+from dfjax.toy import banks as toy_banks
+from dfjax.toy import objects as toy_objects
+from dfjax.toy import sdf as toy_sdf
+from dfjax.toy import truth as toy_truth
 
 RESOLUTION = 40
 
@@ -25,7 +28,7 @@ def mirrored_front(obj):
 
 
 def views(obj, azimuths):
-  renders = [toy.render_ground_truth(obj, cameras.camera_from_angles(
+  renders = [toy_truth.render_ground_truth(obj, cameras.camera_from_angles(
       azimuth_deg=a, elevation_deg=15.0, distance=1.45, fov_deg=52.0, width=RESOLUTION,
       height=RESOLUTION), num_steps=100) for a in azimuths]
   return (np.stack([np.asarray(r.rgb) for r in renders]),
@@ -34,7 +37,7 @@ def views(obj, azimuths):
 
 @pytest.fixture(scope="module")
 def snowman_views():
-  obj = toy.snowman()
+  obj = toy_objects.snowman()
   front = views(obj, (20.0, 0.0, 340.0))
   back = views(obj, (160.0, 180.0, 200.0))
   janus_back = views(mirrored_front(obj), (160.0, 180.0, 200.0))
@@ -108,7 +111,7 @@ def test_mean_diffuse_cosine_of_one_light_and_of_lights_from_every_direction():
 
 
 def test_bank_lights_are_near_the_bank_cameras():
-  lights = toy.sample_bank_lights(4000, seed=1)
+  lights = toy_banks.sample_bank_lights(4000, seed=1)
   distance = np.linalg.norm(lights, axis=-1)
   assert lights.shape == (4000, 3) and distance.min() >= 0.8 - 1e-5
   assert distance.max() <= 1.5 + 1e-5
@@ -117,13 +120,14 @@ def test_bank_lights_are_near_the_bank_cameras():
   assert np.linalg.norm(lights[:, :2].mean(axis=0)) < 0.05
   elevation = np.degrees(np.arcsin(lights[:, 2] / distance))
   assert 10.0 < np.median(elevation) < 40.0
-  assert not np.array_equal(lights, toy.sample_bank_lights(4000, seed=2))
+  assert not np.array_equal(lights, toy_banks.sample_bank_lights(4000, seed=2))
 
 
 def test_ground_truth_occupancy_matches_a_sphere_volume_and_scores_of_identical_shapes():
-  obj = toy.ToyObject(caption="a ball",
-                      part_distances=lambda xyz: (toy.sphere(xyz, center=(0, 0, 0), radius=0.4),),
-                      part_colors=((0.5, 0.5, 0.5),))
+  obj = toy_objects.ToyObject(
+      caption="a ball",
+      part_distances=lambda xyz: (toy_sdf.sphere(xyz, center=(0, 0, 0), radius=0.4),),
+      part_colors=((0.5, 0.5, 0.5),))
   grid = am.ground_truth_occupancy(obj, resolution=40, bound=0.5)
   voxel_volume = (1.0 / 40)**3
   # Voxel-counting error of a sphere: well under 2 % at 32 voxels per diameter.

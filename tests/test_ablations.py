@@ -14,18 +14,26 @@ from configs import ablations
 from configs import ablations_sd
 from configs import dreamfusion
 from configs import toy as toy_config
-from dfjax import config_checks
+from dfjax.eval import ablations as study_lib
+from dfjax.train import config_checks
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
-def study():
+def script():
+  """experiments/run_ablations.py, the study's command line."""
   spec = importlib.util.spec_from_file_location(
       "run_ablations", os.path.join(ROOT, "experiments", "run_ablations.py"))
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module
+
+
+@pytest.fixture(scope="module")
+def study():
+  """dfjax.eval.ablations, the study's logic."""
+  return study_lib
 
 
 def flatten(config: ml_collections.ConfigDict) -> dict:
@@ -150,23 +158,23 @@ def test_table_rows_pair_each_arm_with_the_reference_on_the_same_object_and_seed
   assert "Not run" in study.formation_note(janus, {}, [0, 1])[0]
 
 
-def test_command_line_narrows_the_studies_and_refuses_unknown_names(study):
-  args = study.parse_args(["--arms=no_lighting", "--banks=lambertian", "--objects=house"])
-  (chosen,) = study.select_studies(args)
+def test_command_line_narrows_the_studies_and_refuses_unknown_names(script):
+  args = script.parse_args(["--arms=no_lighting", "--banks=lambertian", "--objects=house"])
+  (chosen,) = script.select_studies(args)
   assert (chosen.bank, chosen.arms, chosen.objects) == ("lambertian", ("full", "no_lighting"),
                                                          ("house",))
-  quick = study.select_studies(study.parse_args(["--quick"]))
+  quick = script.select_studies(script.parse_args(["--quick"]))
   assert all(len(s.arms) == 2 and s.arms[0] == s.reference for s in quick)
   for flag, what in (("--arms=no_such_arm", "arm"), ("--banks=no_such_bank", "bank"),
                      ("--objects=no_such_object", "object")):
     with pytest.raises(SystemExit, match=f"error: unknown {what} 'no_such_"):
-      study.select_studies(study.parse_args([flag]))
+      script.select_studies(script.parse_args([flag]))
 
 
 @pytest.mark.parametrize("flag", ["--seeds=0", "--steps=-5"])
-def test_a_count_below_one_is_a_one_line_error(study, flag, tmp_path):
+def test_a_count_below_one_is_a_one_line_error(script, flag, tmp_path):
   with pytest.raises(SystemExit, match=f"error: {flag.split('=')[0]} must be at least 1"):
-    study.main([flag, f"--runs_dir={tmp_path}", f"--results_dir={tmp_path}"])
+    script.main([flag, f"--runs_dir={tmp_path}", f"--results_dir={tmp_path}"])
   assert not os.listdir(tmp_path)
 
 
@@ -195,14 +203,14 @@ def tiny_run_config(original):
   return run_config
 
 
-def test_the_study_script_trains_scores_and_writes_its_table_and_figures(study, tmp_path,
+def test_the_study_script_trains_scores_and_writes_its_table_and_figures(script, study, tmp_path,
                                                                         monkeypatch):
   monkeypatch.setenv("DFJAX_CACHE_DIR", str(tmp_path / "cache"))
   monkeypatch.setattr(study, "run_config", tiny_run_config(study.run_config))
   runs_dir, results_dir = tmp_path / "runs", tmp_path / "results"
   argv = ["--arms=no_regularisers", "--banks=uniform", "--seeds=1", "--steps=3",
           f"--runs_dir={runs_dir}", f"--results_dir={results_dir}"]
-  study.main(argv)
+  script.main(argv)
 
   # Two runs (the regularisers study's full method and its arm), each trained and scored.
   for arm in ("full", "no_regularisers"):
@@ -227,9 +235,9 @@ def test_the_study_script_trains_scores_and_writes_its_table_and_figures(study, 
   def no_training(*args, **kwargs):
     raise AssertionError("a finished run was trained again")
 
-  monkeypatch.setattr(study.train, "train_and_evaluate", no_training)
+  monkeypatch.setattr(study.run_lib, "train_and_evaluate", no_training)
   os.remove(results_dir / "ablations.md")
-  study.main(argv)
+  script.main(argv)
   assert (results_dir / "ablations.md").exists()
 
 

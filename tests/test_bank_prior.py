@@ -9,10 +9,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dfjax import diffusion
-from dfjax import sds
 from dfjax.errors import UserError
 from dfjax.priors import bank as bank_lib
+from dfjax.priors import diffusion
+from dfjax.priors import sds
 
 SIZE = 4
 # (azimuth, elevation) of a camera well inside each view bucket: front, side, back, overhead.

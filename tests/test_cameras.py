@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from dfjax import cameras
+from dfjax.scene import cameras
 
 # Kolmogorov-Smirnov tests use a fixed seed and reject at p < 1e-3: a correct sampler fails
 # with probability 1e-3 per seed, a wrong one (a different range or mixture) fails surely at

@@ -1,4 +1,4 @@
-"""Tests of dfjax.checkpoint: orbax round trips, retention, interrupted saves, SIGTERM, and
+"""Tests of dfjax.train.checkpoint: orbax round trips, retention, interrupted saves, SIGTERM, and
 the run-directory guard."""
 import json
 import os
@@ -17,8 +17,8 @@ import pytest
 from flax import struct
 from jax.sharding import AxisType, NamedSharding, PartitionSpec
 
-from dfjax import checkpoint
 from dfjax.errors import UserError
+from dfjax.train import checkpoint
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -148,7 +148,7 @@ _SIGTERM_SCRIPT = textwrap.dedent("""
     import sys, time
     import jax, jax.numpy as jnp
     from jax.sharding import AxisType, NamedSharding, PartitionSpec
-    from dfjax import checkpoint
+    from dfjax.train import checkpoint
 
     mesh = jax.make_mesh((4,), ("data",), axis_types=(AxisType.Auto,))
     state = jax.device_put({"step": jnp.array(0, jnp.int32), "params": jnp.zeros((4, 3))},

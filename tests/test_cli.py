@@ -27,10 +27,11 @@ import ml_collections
 import numpy as np
 import pytest
 
-from dfjax import cameras
-from dfjax import checkpoint
-from dfjax import train
 from dfjax.priors import bank as bank_lib
+from dfjax.scene import cameras
+from dfjax.train import checkpoint
+from dfjax.train import model as model_lib
+from dfjax.train import step as step_lib
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 48
@@ -178,14 +179,14 @@ def snapshot(directory: str) -> dict[str, bytes]:
   return files
 
 
-def restore_state(workdir: str, step: int) -> train.TrainState:
+def restore_state(workdir: str, step: int) -> step_lib.TrainState:
   """The whole TrainState of checkpoint `step`, restored onto one device."""
   with open(os.path.join(workdir, "config.json")) as f:
     config = ml_collections.ConfigDict(json.load(f))
-  scene = train.create_scene(config, prior=None, camera_kwargs={})
-  optimizer = train.create_optimizer(config)
+  scene = model_lib.create_scene(config, prior=None, camera_kwargs={})
+  optimizer = step_lib.create_optimizer(config)
   abstract = jax.eval_shape(
-      lambda: train.create_train_state(scene, optimizer, jax.random.PRNGKey(0)))
+      lambda: step_lib.create_train_state(scene, optimizer, jax.random.PRNGKey(0)))
   device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
                           abstract)

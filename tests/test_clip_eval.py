@@ -1,4 +1,4 @@
-"""Tests for dfjax.clip_eval with a tiny random CLIP built in the test (no downloads).
+"""Tests for dfjax.eval.clip_eval with a tiny random CLIP built in the test (no downloads).
 
 The reference is transformers' PyTorch CLIPModel with its own CLIPImageProcessor and tokenizer:
 the model is saved in Flax format, loaded through load_clip and, as the reference, into
@@ -8,7 +8,6 @@ normalisation, channel order and pooling end to end.
 import shutil
 import warnings
 
-import jax
 import numpy as np
 import pytest
 import torch
@@ -17,8 +16,8 @@ from transformers import (CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTokeniz
 from transformers.modeling_flax_pytorch_utils import load_flax_weights_in_pytorch_model
 
 import clip_fixtures
-from dfjax import clip_eval
 from dfjax.errors import UserError
+from dfjax.eval import clip_eval
 
 CAPTIONS = ["a red apple", "a blue car on a road", "an owl", "a wooden chair", "a small boat"]
 MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)

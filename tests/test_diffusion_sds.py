@@ -1,4 +1,4 @@
-"""Tests of the noise schedule (dfjax.diffusion) and the SDS loss (dfjax.sds).
+"""Tests of the noise schedule (dfjax.priors.diffusion) and the SDS loss (dfjax.priors.sds).
 
 References: diffusers' FlaxDDPMScheduler for the schedule and the forward process; for SDS,
 the gradient DreamFusion Eq. 3 prescribes, recomputed outside the loss from the same key.
@@ -10,8 +10,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dfjax import diffusion, sds
 from dfjax.errors import UserError
+from dfjax.priors import diffusion
+from dfjax.priors import sds
 
 BATCH, SIZE = 3, 4
 SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")

@@ -1,20 +1,23 @@
 """The R-Precision CLI (dfjax.evaluate) end to end: a tiny random CLIP and a tiny trained run.
 
-The reference for the score is dfjax.clip_eval itself, fed the same renders: the CLI must
+The reference for the score is dfjax.eval.clip_eval itself, fed the same renders: the CLI must
 print the fraction of its renders whose top caption is the prompt, and the paper's Table 1
 numbers for the CLIP's architecture (here a tiny one, so "not reported").
 """
 import re
 
 from absl import flags
-import jax
 import numpy as np
 import pytest
 
 import clip_fixtures
 from configs import bank as bank_config
-from dfjax import cameras, clip_eval, evaluate, export, train
+from dfjax import evaluate
+from dfjax import run as run_lib
+from dfjax.eval import clip_eval
 from dfjax.priors import bank as bank_lib
+from dfjax.scene import cameras
+from dfjax.train import restore
 
 RESOLUTION = 8
 PROMPT = "a thing"
@@ -53,7 +56,7 @@ def run_dir(tmp_path_factory):
   config.train.steps = config.train.checkpoint_every = 2
   config.train.image_every = 0
   config.export.at_end = False
-  train.train_and_evaluate(config, str(directory / "run"))
+  run_lib.train_and_evaluate(config, str(directory / "run"))
   (directory / "captions.txt").write_text("\n".join(CAPTIONS) + "\n")
   return directory
 
@@ -79,8 +82,8 @@ def test_cli_prints_r_precision_and_the_papers_numbers(run_dir, clip_dir, capsys
   assert all("not reported for this CLIP architecture" in line for line in lines[1:])
 
   # The same renders scored by clip_eval directly give the same numbers.
-  config = export.load_run_config(str(run_dir / "run"))
-  scene, params, step = export.restore_params(config, str(run_dir / "run"), step=None)
+  config = restore.load_run_config(str(run_dir / "run"))
+  scene, params, step = restore.restore_params(config, str(run_dir / "run"), step=None)
   renders = evaluate.render_modes(scene, params, step, evaluate.evaluation_cameras(
       config, num_azimuths=3, resolution=RESOLUTION))
   model = clip_eval.load_clip(str(clip_dir))

@@ -1,4 +1,4 @@
-"""Tests of dfjax.logging_utils: metrics.jsonl, TensorBoard event files read back record by
+"""Tests of dfjax.train.logs: metrics.jsonl, TensorBoard event files read back record by
 record (CRC-checked), resume truncation, and the progress display."""
 import io
 import json
@@ -14,7 +14,7 @@ import pytest
 from tensorboardX.proto import event_pb2
 from tensorboardX.record_writer import masked_crc32c
 
-from dfjax import logging_utils
+from dfjax.train import logs as logging_utils
 
 
 def read_events(path):

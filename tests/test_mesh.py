@@ -1,12 +1,12 @@
-"""Tests for dfjax.mesh: marching cubes on analytic density fields with known surfaces."""
+"""Tests for dfjax.export.mesh: marching cubes on analytic density fields with known surfaces."""
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import trimesh
 
-from dfjax import mesh as mesh_lib
 from dfjax.errors import UserError
+from dfjax.export import mesh as mesh_lib
 
 RED = np.array([255, 0, 0], np.uint8)
 BLUE = np.array([0, 0, 255], np.uint8)

@@ -15,7 +15,15 @@ import pytest
 from scipy.spatial import cKDTree
 
 from configs import mesh_sds as mesh_sds_config
-from dfjax import cameras, mesh as mesh_lib, mesh_sds, metrics, toy, train
+from dfjax.eval import metrics
+from dfjax.export import mesh as mesh_lib
+from dfjax.mesh_sds import rasterize
+from dfjax.mesh_sds import refine
+from dfjax.mesh_sds import regularizers
+from dfjax.scene import cameras
+from dfjax.toy import objects as toy_objects
+from dfjax.toy import truth as toy_truth
+from dfjax.train import prior_setup
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE = 16
@@ -57,8 +65,8 @@ def render_triangles():
   @jax.jit
   def render(vertices, colors, sigma):
     faces = jnp.arange(vertices.shape[0]).reshape(-1, 3)
-    return mesh_sds.render_mesh(vertices, faces, colors, CAMERA, sigma=sigma,
-                                background=(1.0, 1.0, 1.0))
+    return rasterize.render_mesh(vertices, faces, colors, CAMERA, sigma=sigma,
+                                 background=(1.0, 1.0, 1.0))
   return render
 
 
@@ -94,7 +102,7 @@ def test_vertices_project_onto_the_pixels_of_their_rays():
   rays = cameras.generate_rays(sample.camera)
   rows, columns = np.array([0, 4, 9]), np.array([0, 7, 11])
   points = rays.origins[rows, columns] + 1.7 * rays.directions[rows, columns]
-  pixels, depth = mesh_sds.project_vertices(points, sample.camera, near=0.1)
+  pixels, depth = rasterize.project_vertices(points, sample.camera, near=0.1)
   np.testing.assert_allclose(np.asarray(pixels), np.stack([columns + 0.5, rows + 0.5], -1),
                              atol=1e-4)
   assert np.all(np.asarray(depth) > 0)
@@ -142,27 +150,27 @@ def grid_mesh(size=5):
 
 def test_laplacian_is_zero_inside_a_flat_grid_and_positive_when_lifted():
   vertices, faces = grid_mesh()
-  edges = jnp.asarray(mesh_sds.mesh_edges(faces))
+  edges = jnp.asarray(regularizers.mesh_edges(faces))
   assert len(edges) == 5 * 4 * 2 + 16  # horizontal and vertical edges plus one diagonal a cell
-  delta = np.asarray(mesh_sds.uniform_laplacian(jnp.asarray(vertices), edges)).reshape(5, 5, 3)
+  delta = np.asarray(regularizers.uniform_laplacian(jnp.asarray(vertices), edges)).reshape(5, 5, 3)
   np.testing.assert_allclose(delta[1:-1, 1:-1], 0.0, atol=1e-7)
   assert np.abs(delta[0, 0]).max() > 0.01  # a corner is off its neighbours' centroid
   lifted = vertices.copy()
   lifted[12, 2] = 0.05  # the centre vertex
-  delta = np.asarray(mesh_sds.uniform_laplacian(jnp.asarray(lifted), edges))
+  delta = np.asarray(regularizers.uniform_laplacian(jnp.asarray(lifted), edges))
   np.testing.assert_allclose(delta[12], [0.0, 0.0, 0.05], atol=1e-7)
   # The lift raises the mean squared Laplacian above the flat grid's (its boundary terms).
-  assert float(mesh_sds.laplacian_loss(jnp.asarray(lifted), edges)) > float(
-      mesh_sds.laplacian_loss(jnp.asarray(vertices), edges))
+  assert float(regularizers.laplacian_loss(jnp.asarray(lifted), edges)) > float(
+      regularizers.laplacian_loss(jnp.asarray(vertices), edges))
 
 
 def test_edge_term_is_zero_at_rest_and_closed_form_under_scaling():
   vertices, faces = grid_mesh()
-  edges = jnp.asarray(mesh_sds.mesh_edges(faces))
-  rest = mesh_sds.edge_lengths(jnp.asarray(vertices), edges)
-  assert float(mesh_sds.edge_length_loss(jnp.asarray(vertices), edges, rest)) == 0.0
+  edges = jnp.asarray(regularizers.mesh_edges(faces))
+  rest = regularizers.edge_lengths(jnp.asarray(vertices), edges)
+  assert float(regularizers.edge_length_loss(jnp.asarray(vertices), edges, rest)) == 0.0
   for scale in (0.5, 1.3):
-    value = float(mesh_sds.edge_length_loss(jnp.asarray(vertices * scale), edges, rest))
+    value = float(regularizers.edge_length_loss(jnp.asarray(vertices * scale), edges, rest))
     np.testing.assert_allclose(value, (scale - 1.0)**2, rtol=1e-5)
 
 
@@ -176,7 +184,7 @@ E2E_STEPS = 40
 @jax.jit
 def _sharp_silhouette(vertices, faces, camera):
   colors = jnp.zeros_like(vertices)
-  return mesh_sds.render_mesh(vertices, faces, colors, camera, sigma=0.01).alpha
+  return rasterize.render_mesh(vertices, faces, colors, camera, sigma=0.01).alpha
 
 
 def _silhouette_iou(mesh, obj, truth_cache):
@@ -185,7 +193,7 @@ def _silhouette_iou(mesh, obj, truth_cache):
     camera = cameras.camera_from_angles(azimuth_deg=azimuth, elevation_deg=elevation,
                                         distance=1.45, fov_deg=50.0, width=32, height=32)
     if (azimuth, elevation) not in truth_cache:
-      truth_cache[azimuth, elevation] = np.asarray(toy.render_ground_truth(obj, camera).alpha)
+      truth_cache[azimuth, elevation] = np.asarray(toy_truth.render_ground_truth(obj, camera).alpha)
     alpha = _sharp_silhouette(mesh.vertices, mesh.faces, camera)
     ious.append(metrics.mask_iou(np.asarray(alpha), truth_cache[azimuth, elevation]))
   return float(np.mean(ious))
@@ -203,17 +211,17 @@ def _edge_spread(mesh):
 
 
 def test_refinement_with_the_toy_prior_undoes_a_distortion():
-  obj = toy.yellow_duck()
+  obj = toy_objects.yellow_duck()
   truth = mesh_lib.extract_mesh(lambda p: 1.0 - obj.sdf(p), obj.albedo, resolution=16,
                                 bound=0.6, threshold=1.0)  # the level set sdf = 0
   distorted = mesh_lib.Mesh(vertices=truth.vertices * np.float32([1.3, 0.8, 0.8]),
                             faces=truth.faces, vertex_colors=truth.vertex_colors)
   config = mesh_sds_config.get_config()
   config.prompt = obj.caption
-  prior, camera_kwargs = train.build_prior(config)
-  settings = mesh_sds.settings_from_config(config)
-  refined = mesh_sds.refine(distorted, prior=prior, camera_kwargs=camera_kwargs,
-                            settings=settings, steps=E2E_STEPS, learning_rate=1e-2)
+  prior, camera_kwargs = prior_setup.build_prior(config)
+  settings = refine.settings_from_config(config)
+  refined = refine.refine(distorted, prior=prior, camera_kwargs=camera_kwargs,
+                          settings=settings, steps=E2E_STEPS, learning_rate=1e-2)
   cache = {}
   iou_before, iou_after = (_silhouette_iou(m, obj, cache) for m in (distorted, refined))
   chamfer_before, chamfer_after = (_chamfer(m.vertices, truth.vertices)
@@ -254,7 +262,7 @@ def test_cli_refines_a_mesh_file(tmp_path):
   assert "step 3/3" in result.stdout
   refined = trimesh.load(out, force="mesh", process=False)
   assert refined.faces.shape == sphere.faces.shape
-  assert np.all(refined.visual.vertex_colors[:, :3] == mesh_sds.DEFAULT_GREY)
+  assert np.all(refined.visual.vertex_colors[:, :3] == mesh_lib.DEFAULT_GREY)
   moved = np.abs(refined.vertices - sphere.vertices).max()
   assert 0 < moved < 0.1
   assert source.read_bytes() == before

@@ -1,4 +1,4 @@
-"""Tests for dfjax.metrics against analytic shapes and reference implementations."""
+"""Tests for dfjax.eval.metrics against analytic shapes and reference implementations."""
 import colorsys
 
 import jax.numpy as jnp
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from dfjax import metrics
+from dfjax.eval import metrics
 
 
 def box_density(low, high):

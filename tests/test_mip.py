@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dfjax import mip
+from dfjax.scene import mip
 
 NUM_MC = 400_000
 

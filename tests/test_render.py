@@ -8,7 +8,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dfjax import background, cameras, field, losses, render, shading
+from dfjax.scene import background
+from dfjax.scene import cameras
+from dfjax.scene import field
+from dfjax.scene import losses
+from dfjax.scene import render
+from dfjax.scene import shading
 
 BOUND = 1.4
 WHITE = background.fixed_background([1.0, 1.0, 1.0])

@@ -13,8 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dfjax import sds
 from dfjax.errors import UserError
+from dfjax.priors import sds
 from dfjax.priors import stable_diffusion
 import sd_fixtures
 

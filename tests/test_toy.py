@@ -7,11 +7,13 @@ import numpy as np
 import pytest
 from scipy import spatial
 
-from dfjax import cameras
-from dfjax import render
-from dfjax import toy
 from dfjax.errors import UserError
 from dfjax.priors import bank as bank_lib
+from dfjax.scene import cameras
+from dfjax.toy import banks as toy_banks
+from dfjax.toy import objects as toy_objects
+from dfjax.toy import sdf as toy_sdf
+from dfjax.toy import truth as toy_truth
 
 # A dense grid over the cube [-0.6, 0.6]^3 around the objects, spacing 1/60 world units.
 _GRID = np.stack(np.meshgrid(*[np.linspace(-0.6, 0.6, 73)] * 3,
@@ -25,7 +27,7 @@ def _random_points(seed, num, scale=0.6):
 
 def _evaluate(primitive, points, **shape):
   """A primitive's SDF at points [N, 3] (numpy), jitted: one compile instead of many ops."""
-  function = jax.jit(lambda p: primitive(toy.coordinates(p), **shape))
+  function = jax.jit(lambda p: primitive(toy_sdf.coordinates(p), **shape))
   return np.asarray(function(jnp.asarray(points, jnp.float32)))
 
 
@@ -42,7 +44,7 @@ def _brute_force_sdf(points, surface, inside):
 def test_sphere_and_box_match_closed_forms():
   points = _random_points(0, 5000, scale=1.0)
   center, radius = np.array([0.1, -0.2, 0.05]), 0.3
-  np.testing.assert_allclose(_evaluate(toy.sphere, points, center=center, radius=radius),
+  np.testing.assert_allclose(_evaluate(toy_sdf.sphere, points, center=center, radius=radius),
                              np.linalg.norm(points - center, axis=-1) - radius, atol=1e-6)
   # Box: outside, the distance to the nearest point of the box (clamping); inside, the
   # negated distance to the nearest face.
@@ -51,7 +53,7 @@ def test_sphere_and_box_match_closed_forms():
   outside = np.linalg.norm(points - np.clip(points, low, high), axis=-1)
   inside = np.minimum(points - low, high - points).min(axis=-1)
   expected = np.where(outside > 0, outside, -inside)
-  np.testing.assert_allclose(_evaluate(toy.box, points, center=center, half_size=half),
+  np.testing.assert_allclose(_evaluate(toy_sdf.box, points, center=center, half_size=half),
                              expected, atol=1e-6)
 
 
@@ -60,7 +62,7 @@ def test_capsule_and_torus_match_closed_forms():
   start, end, radius = np.array([-0.2, 0.1, 0.0]), np.array([0.3, -0.1, 0.25]), 0.07
   segment = start + np.linspace(0, 1, 20001)[:, None] * (end - start)
   expected = spatial.cKDTree(segment).query(points)[0] - radius
-  np.testing.assert_allclose(_evaluate(toy.capsule, points, start=start, end=end,
+  np.testing.assert_allclose(_evaluate(toy_sdf.capsule, points, start=start, end=end,
                                        radius=radius), expected, atol=2e-5)
   # A torus around a tilted axis equals the textbook z-axis torus in rotated coordinates.
   axis = np.array([1.0, 2.0, 2.0]) / 3.0
@@ -71,7 +73,7 @@ def test_capsule_and_torus_match_closed_forms():
   local = (points - center) @ np.stack([basis_u, basis_v, axis], -1)
   expected = np.hypot(np.hypot(local[:, 0], local[:, 1]) - 0.3, local[:, 2]) - 0.08
   np.testing.assert_allclose(
-      _evaluate(toy.torus, points, center=center, axis=axis * 3.0, major_radius=0.3,
+      _evaluate(toy_sdf.torus, points, center=center, axis=axis * 3.0, major_radius=0.3,
                 minor_radius=0.08), expected, atol=1e-5)
 
 
@@ -100,7 +102,7 @@ def test_capped_cone_matches_brute_force():
   # The surface sample's spacing (0.15 * 2 pi / 300 = 0.0031 around, 0.0027 along) bounds
   # the brute-force distance's error.
   np.testing.assert_allclose(
-      _evaluate(toy.capped_cone, points, start=start, end=end, start_radius=start_radius,
+      _evaluate(toy_sdf.capped_cone, points, start=start, end=end, start_radius=start_radius,
                 end_radius=end_radius), expected, atol=3e-3)
   assert 0.05 < inside.mean() < 0.5  # Both signs are exercised.
 
@@ -123,7 +125,7 @@ def test_spherical_cap_matches_brute_force():
   expected = _brute_force_sdf(points, surface, inside)
   # The sample spacing (0.36 * 2 pi / 400 = 0.0057 around the rim) bounds the reference's error.
   np.testing.assert_allclose(
-      _evaluate(toy.spherical_cap, points, center=center, radius=radius, base_height=base),
+      _evaluate(toy_sdf.spherical_cap, points, center=center, radius=radius, base_height=base),
       expected, atol=3e-3)
   assert 0.05 < inside.mean() < 0.5
 
@@ -137,15 +139,15 @@ def test_convex_polygon_matches_brute_force():
   cross = edges[:, 0] * (points[:, None, 1] - vertices[:, 1]) - edges[:, 1] * (
       points[:, None, 0] - vertices[:, 0])
   expected = _brute_force_sdf(points, boundary, np.all(cross >= 0, axis=-1))
-  polygon = jax.jit(lambda q: toy.convex_polygon_2d(q[:, 0], q[:, 1], vertices=vertices))
+  polygon = jax.jit(lambda q: toy_sdf.convex_polygon_2d(q[:, 0], q[:, 1], vertices=vertices))
   np.testing.assert_allclose(polygon(jnp.asarray(points)), expected, atol=2e-4)
 
 
 def test_smooth_union_is_a_lower_bound_and_exact_away_from_the_seam():
   points = _random_points(4, 4000)
-  a = _evaluate(toy.sphere, points, center=(-0.1, 0.0, 0.0), radius=0.2)
-  b = _evaluate(toy.sphere, points, center=(0.2, 0.0, 0.0), radius=0.15)
-  blended = np.asarray(jax.jit(lambda a, b: toy.smooth_union(a, b, blend=0.05))(a, b))
+  a = _evaluate(toy_sdf.sphere, points, center=(-0.1, 0.0, 0.0), radius=0.2)
+  b = _evaluate(toy_sdf.sphere, points, center=(0.2, 0.0, 0.0), radius=0.15)
+  blended = np.asarray(jax.jit(lambda a, b: toy_sdf.smooth_union(a, b, blend=0.05))(a, b))
   hard = np.minimum(a, b)
   assert np.all(blended <= hard + 1e-7)
   far_from_seam = np.abs(a - b) >= 0.05
@@ -160,15 +162,15 @@ def test_smooth_union_is_a_lower_bound_and_exact_away_from_the_seam():
 _FD_STEP = 1e-3
 
 
-@pytest.fixture(scope="module", params=range(len(toy.OBJECTS)),
-                ids=[c.__name__ for c in toy.OBJECTS])
+@pytest.fixture(scope="module", params=range(len(toy_objects.OBJECTS)),
+                ids=[c.__name__ for c in toy_objects.OBJECTS])
 def evaluated_object(request):
   """An object, its SDF and albedo on the grid, and its SDF around random points.
 
   One jitted evaluation per object keeps the compile time down. Around each random point the
   SDF is also taken at +-_FD_STEP along each axis, for central-difference gradients.
   """
-  obj = toy.OBJECTS[request.param]()
+  obj = toy_objects.OBJECTS[request.param]()
   points = _random_points(5, 5000)
   offsets = np.concatenate([[np.zeros(3)], _FD_STEP * np.eye(3), -_FD_STEP * np.eye(3)])
   around = (points[None] + offsets[:, None]).astype(np.float32)  # [7, P, 3]
@@ -180,8 +182,8 @@ def evaluated_object(request):
 
   @jax.jit
   def evaluate(sdf_points, albedo_points, points):
-    parts = jnp.stack(obj.part_distances(toy.coordinates(points)), -1)
-    return (obj.sdf(sdf_points), toy.occupancy(obj, sdf_points), obj.albedo(albedo_points),
+    parts = jnp.stack(obj.part_distances(toy_sdf.coordinates(points)), -1)
+    return (obj.sdf(sdf_points), toy_objects.occupancy(obj, sdf_points), obj.albedo(albedo_points),
             parts)
 
   sdf, occupancy, albedo, parts = (np.asarray(v) for v in evaluate(sdf_points, albedo_points,
@@ -201,11 +203,11 @@ def test_objects_are_captioned_nonempty_and_inside_the_radius(evaluated_object):
   assert obj.caption == obj.caption.lower() and obj.caption.startswith("a ")
   inside = _GRID[sdf < 0]
   assert len(inside) > 1000  # At least 0.0046 cubic world units.
-  assert np.linalg.norm(inside, axis=-1).max() < toy.OBJECT_RADIUS
+  assert np.linalg.norm(inside, axis=-1).max() < toy_objects.OBJECT_RADIUS
   # Every point of the cube within half a grid diagonal of a grid point g lies outside when
   # sdf(g) exceeds that (the SDF is 1-Lipschitz): nothing hides between the grid points.
   half_diagonal = np.sqrt(3) / 2 * _GRID_SPACING
-  outer = np.linalg.norm(_GRID, axis=-1) > toy.OBJECT_RADIUS + half_diagonal
+  outer = np.linalg.norm(_GRID, axis=-1) > toy_objects.OBJECT_RADIUS + half_diagonal
   assert np.all(sdf[outer] > half_diagonal)
   origin = len(_GRID) // 2
   assert not np.any(_GRID[origin]) and sdf[origin] < 0  # The origin is inside.
@@ -266,7 +268,7 @@ def test_front_feature_sits_on_the_front_and_nowhere_else(evaluated_object):
 
 
 def test_three_objects_have_a_front_feature():
-  assert sum(c().front_feature is not None for c in toy.OBJECTS) == 3
+  assert sum(c().front_feature is not None for c in toy_objects.OBJECTS) == 3
 
 
 # ---------------------------------------------------------------------------------------------
@@ -275,16 +277,17 @@ def test_three_objects_have_a_front_feature():
 
 # Shared instances: render_ground_truth and make_bank reuse their compiled functions for the
 # same ToyObject instances.
-_BALL = toy.ToyObject(
-    caption="a ball", part_distances=lambda xyz: (toy.sphere(xyz, center=(0, 0, 0), radius=0.4),),
+_BALL = toy_objects.ToyObject(
+    caption="a ball",
+    part_distances=lambda xyz: (toy_sdf.sphere(xyz, center=(0, 0, 0), radius=0.4),),
     part_colors=((1.0, 0.0, 0.0),))
-_SNOWMAN, _CHAIR = toy.snowman(), toy.blue_chair()
+_SNOWMAN, _CHAIR = toy_objects.snowman(), toy_objects.blue_chair()
 _BANK_RESOLUTION = 24
 
 
 def test_field_is_opaque_within_a_hundredth_of_the_surface():
   """Optical depth along a ray entering a ball head-on vs the closed form in the comment."""
-  field_fn = toy.field_fn_for(_BALL)
+  field_fn = toy_objects.field_fn_for(_BALL)
   t = np.linspace(0.0, 0.65, 65001)  # From x = 1 inwards; the surface is at t = 0.6.
   points = np.stack([1.0 - t, 0 * t, 0 * t], -1)
   density, albedo = (np.asarray(v, np.float64) for v in jax.jit(field_fn)(
@@ -293,7 +296,7 @@ def test_field_is_opaque_within_a_hundredth_of_the_surface():
   for depth_inside, expected_transmittance in ((0.0, 0.5), (0.005, 0.076), (0.01, 0.0067)):
     transmittance = np.exp(-np.interp(0.6 + depth_inside, t, optical_depth))
     assert transmittance == pytest.approx(expected_transmittance, rel=0.03)
-  assert float(density[-1]) == pytest.approx(toy.DENSITY_SCALE)
+  assert float(density[-1]) == pytest.approx(toy_objects.DENSITY_SCALE)
   np.testing.assert_array_equal(albedo[-1], [1.0, 0.0, 0.0])
 
 
@@ -309,7 +312,7 @@ def _camera(azimuth_deg, elevation_deg):
 
 def test_ground_truth_of_a_ball_matches_ray_sphere_intersection():
   camera = _camera(30.0, 20.0)
-  truth = jax.tree.map(np.asarray, toy.render_ground_truth(_BALL, camera))
+  truth = jax.tree.map(np.asarray, toy_truth.render_ground_truth(_BALL, camera))
   rays = jax.tree.map(np.asarray, jax.jit(cameras.generate_rays)(camera))
   # Ray-sphere intersection in float64: |o + t d| = 0.4.
   b = np.sum(rays.origins * rays.directions, -1, dtype=np.float64)
@@ -330,19 +333,20 @@ def test_ground_truth_of_a_ball_matches_ray_sphere_intersection():
 
 def _orange_pixels(rgb):
   """Pixels within 0.12 of the nose's and beak's orange, in every channel. [H, W, 3] -> int."""
-  return int(np.sum(np.all(np.abs(np.asarray(rgb) - np.asarray(toy._ORANGE)) < 0.12, axis=-1)))
+  orange = np.asarray(toy_objects._ORANGE)
+  return int(np.sum(np.all(np.abs(np.asarray(rgb) - orange) < 0.12, axis=-1)))
 
 
 def test_ground_truth_follows_the_world_convention():
   """Azimuth 0 sees the snowman's nose, azimuth 180 does not."""
-  front = toy.render_ground_truth(_SNOWMAN, _camera(0.0, 10.0))
-  back = toy.render_ground_truth(_SNOWMAN, _camera(180.0, 10.0))
+  front = toy_truth.render_ground_truth(_SNOWMAN, _camera(0.0, 10.0))
+  back = toy_truth.render_ground_truth(_SNOWMAN, _camera(180.0, 10.0))
   assert _orange_pixels(front.rgb) >= 2 and _orange_pixels(back.rgb) == 0
   nose = _SNOWMAN.front_feature.color
-  assert float(toy.color_fraction(front.rgb, front.alpha, nose)) > 0.005
-  assert float(toy.color_fraction(back.rgb, back.alpha, nose)) == 0.0
+  assert float(toy_objects.color_fraction(front.rgb, front.alpha, nose)) > 0.005
+  assert float(toy_objects.color_fraction(back.rgb, back.alpha, nose)) == 0.0
   # The nose points at the camera, so it is seen in the central columns.
-  orange = np.all(np.abs(np.asarray(front.rgb) - np.asarray(toy._ORANGE)) < 0.12, axis=-1)
+  orange = np.all(np.abs(np.asarray(front.rgb) - np.asarray(toy_objects._ORANGE)) < 0.12, axis=-1)
   assert np.abs(np.nonzero(orange)[1].mean() - (_BANK_RESOLUTION - 1) / 2) < 1
   # The mug's handle (+y) is on the right of the image from the front (image right = +y).
 
@@ -356,8 +360,8 @@ _BANK_VIEWS = 12
 
 @pytest.fixture(scope="module")
 def small_bank():
-  return toy.make_bank(_BANK_OBJECTS, resolution=_BANK_RESOLUTION, num_views=_BANK_VIEWS,
-                       seed=3)
+  return toy_banks.make_bank(_BANK_OBJECTS, resolution=_BANK_RESOLUTION, num_views=_BANK_VIEWS,
+                             seed=3)
 
 
 def test_bank_has_the_documented_format(small_bank, tmp_path):
@@ -371,9 +375,11 @@ def test_bank_has_the_documented_format(small_bank, tmp_path):
   loaded = bank_lib.load_bank(tmp_path / "bank.npz")
   np.testing.assert_array_equal(loaded.images, small_bank["images"])
   ranges = bank_lib.bank_camera_ranges(loaded)
-  assert toy.DISTANCE_RANGE[0] <= ranges.distance[0] < ranges.distance[1] <= toy.DISTANCE_RANGE[1]
-  assert toy.FOV_RANGE_DEG[0] <= ranges.fov_deg[0] < ranges.fov_deg[1] <= toy.FOV_RANGE_DEG[1]
-  low, high = toy.ELEVATION_RANGE_DEG
+  distance_lo, distance_hi = toy_banks.DISTANCE_RANGE
+  fov_lo, fov_hi = toy_banks.FOV_RANGE_DEG
+  assert distance_lo <= ranges.distance[0] < ranges.distance[1] <= distance_hi
+  assert fov_lo <= ranges.fov_deg[0] < ranges.fov_deg[1] <= fov_hi
+  low, high = toy_banks.ELEVATION_RANGE_DEG
   assert low - 1e-3 <= ranges.elevation_deg[0] < ranges.elevation_deg[1] <= high + 1e-3
 
 
@@ -402,7 +408,7 @@ def test_bank_images_match_the_sphere_traced_ground_truth(small_bank):
         c2w=jnp.asarray(small_bank["c2w"][i]),
         focal=cameras.focal_from_fov(small_bank["fov_deg"][i], _BANK_RESOLUTION),
         width=_BANK_RESOLUTION, height=_BANK_RESOLUTION)
-    truth = toy.render_ground_truth(_SNOWMAN, camera)
+    truth = toy_truth.render_ground_truth(_SNOWMAN, camera)
     difference = np.abs(small_bank["images"][i] / 255.0 - np.asarray(truth.rgb))
     # Silhouette pixels differ (the renderer anti-aliases partially, the truth does not).
     assert difference.mean() < 0.03, i
@@ -424,32 +430,32 @@ def test_bank_snowman_shows_its_nose_from_the_front_only(small_bank):
 
 @pytest.mark.parametrize("front_biased", [False, True])
 def test_bank_cameras_cover_the_documented_ranges(front_biased):
-  views = toy.bank_cameras(np.random.default_rng(0), num_views=40, front_biased=front_biased)
+  views = toy_banks.bank_cameras(np.random.default_rng(0), num_views=40, front_biased=front_biased)
   bucket = np.asarray(cameras.view_bucket(views.azimuth_deg, np.zeros(40)))
   front_fraction = np.mean(bucket == cameras.FRONT)
   if front_biased:
-    assert front_fraction == pytest.approx(toy.FRONT_BIASED_FRACTION)
+    assert front_fraction == pytest.approx(toy_banks.FRONT_BIASED_FRACTION)
   else:
     assert front_fraction == pytest.approx(0.25, abs=1 / 40)
   assert np.all((views.azimuth_deg >= -180) & (views.azimuth_deg < 180))
   # Stratified elevations: exactly one in each of 40 equal slices of the range.
-  low, high = toy.ELEVATION_RANGE_DEG
+  low, high = toy_banks.ELEVATION_RANGE_DEG
   slices = np.floor((views.elevation_deg - low) / (high - low) * 40).astype(int)
   np.testing.assert_array_equal(np.sort(slices), np.arange(40))
-  for values, (lo, hi) in ((views.distance, toy.DISTANCE_RANGE),
-                           (views.fov_deg, toy.FOV_RANGE_DEG)):
+  for values, (lo, hi) in ((views.distance, toy_banks.DISTANCE_RANGE),
+                           (views.fov_deg, toy_banks.FOV_RANGE_DEG)):
     assert np.all((values >= lo) & (values <= hi))
 
 
 def test_make_bank_rejects_bad_arguments():
   with pytest.raises(UserError, match="shading"):
-    toy.make_bank([toy.snowman()], resolution=16, num_views=2, shading="phong")
+    toy_banks.make_bank([toy_objects.snowman()], resolution=16, num_views=2, shading="phong")
   with pytest.raises(UserError, match="resolution"):
-    toy.make_bank([toy.snowman()], resolution=4, num_views=2)
+    toy_banks.make_bank([toy_objects.snowman()], resolution=4, num_views=2)
   with pytest.raises(UserError, match="views"):
-    toy.make_bank([toy.snowman()], resolution=16, num_views=0)
+    toy_banks.make_bank([toy_objects.snowman()], resolution=16, num_views=0)
   with pytest.raises(UserError, match="object"):
-    toy.make_bank([], resolution=16, num_views=2)
+    toy_banks.make_bank([], resolution=16, num_views=2)
 
 
 def test_lambertian_bank_is_never_brighter_than_the_albedo(small_bank):
@@ -457,8 +463,8 @@ def test_lambertian_bank_is_never_brighter_than_the_albedo(small_bank):
 
   The same objects, resolution and seed give the same cameras as `small_bank`.
   """
-  lit_bank = toy.make_bank(_BANK_OBJECTS, resolution=_BANK_RESOLUTION, num_views=_BANK_VIEWS,
-                           seed=3, shading="lambertian")
+  lit_bank = toy_banks.make_bank(_BANK_OBJECTS, resolution=_BANK_RESOLUTION,
+                                 num_views=_BANK_VIEWS, seed=3, shading="lambertian")
   np.testing.assert_array_equal(lit_bank["c2w"], small_bank["c2w"])
   albedo, lit = small_bank["images"].astype(np.int32), lit_bank["images"].astype(np.int32)
   assert np.all(lit <= albedo + 1)
@@ -469,8 +475,8 @@ def test_lambertian_bank_is_never_brighter_than_the_albedo(small_bank):
 def test_lambertian_textureless_bank_whitens_every_other_view_only(small_bank):
   """Even views equal the lambertian bank's; odd views are lit white: grey, R = G = B."""
   kwargs = dict(resolution=_BANK_RESOLUTION, num_views=_BANK_VIEWS, seed=3)
-  lit = toy.make_bank(_BANK_OBJECTS, shading="lambertian", **kwargs)
-  mixed = toy.make_bank(_BANK_OBJECTS, shading="lambertian_textureless", **kwargs)
+  lit = toy_banks.make_bank(_BANK_OBJECTS, shading="lambertian", **kwargs)
+  mixed = toy_banks.make_bank(_BANK_OBJECTS, shading="lambertian_textureless", **kwargs)
   np.testing.assert_array_equal(mixed["c2w"], small_bank["c2w"])
   odd = np.arange(len(mixed["images"])) % _BANK_VIEWS % 2 == 1
   np.testing.assert_array_equal(mixed["images"][~odd], lit["images"][~odd])
@@ -488,21 +494,21 @@ def test_lambertian_textureless_bank_whitens_every_other_view_only(small_bank):
 def test_cache_dir_follows_the_environment(monkeypatch, tmp_path):
   monkeypatch.delenv("DFJAX_CACHE_DIR", raising=False)
   monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-  assert toy.cache_dir() == tmp_path / "xdg" / "dfjax"
+  assert toy_banks.cache_dir() == tmp_path / "xdg" / "dfjax"
   monkeypatch.delenv("XDG_CACHE_HOME")
   monkeypatch.setenv("HOME", str(tmp_path / "home"))
-  assert toy.cache_dir() == tmp_path / "home" / ".cache" / "dfjax"
+  assert toy_banks.cache_dir() == tmp_path / "home" / ".cache" / "dfjax"
   monkeypatch.setenv("DFJAX_CACHE_DIR", str(tmp_path / "mine"))
-  assert toy.cache_dir() == tmp_path / "mine"
+  assert toy_banks.cache_dir() == tmp_path / "mine"
 
 
 def test_bank_file_names_encode_every_parameter():
   base = dict(resolution=64, views_per_object=96, front_biased=False, shading="albedo", seed=0)
   changed = [dict(base, resolution=32), dict(base, views_per_object=8),
              dict(base, front_biased=True), dict(base, shading="lambertian"), dict(base, seed=1)]
-  names = {toy.toy_bank_path(**kwargs).name for kwargs in [base] + changed}
+  names = {toy_banks.toy_bank_path(**kwargs).name for kwargs in [base] + changed}
   assert len(names) == 6
-  assert all(toy.TOY_BANK_VERSION in name for name in names)
+  assert all(toy_banks.TOY_BANK_VERSION in name for name in names)
 
 
 def test_get_toy_bank_generates_once_then_reuses_the_file(monkeypatch, tmp_path, capsys):
@@ -512,7 +518,7 @@ def test_get_toy_bank_generates_once_then_reuses_the_file(monkeypatch, tmp_path,
 
   def fake_make_bank(objects, *, resolution, num_views, **kwargs):
     calls.append(kwargs)
-    assert [o.caption for o in objects] == [c().caption for c in toy.OBJECTS]
+    assert [o.caption for o in objects] == [c().caption for c in toy_objects.OBJECTS]
     n = len(objects) * num_views
     c2w = np.tile(np.eye(4, dtype=np.float32), (n, 1, 1))
     c2w[:, 0, 3] = 1.5
@@ -520,17 +526,17 @@ def test_get_toy_bank_generates_once_then_reuses_the_file(monkeypatch, tmp_path,
                 prompts=np.repeat([o.caption for o in objects], num_views), c2w=c2w,
                 fov_deg=np.full(n, 50.0, np.float32))
 
-  monkeypatch.setattr(toy, "make_bank", fake_make_bank)
+  monkeypatch.setattr(toy_banks, "make_bank", fake_make_bank)
   kwargs = dict(resolution=8, views_per_object=2, front_biased=True, shading="lambertian",
                 seed=5)
-  path = toy.get_toy_bank(**kwargs)
-  assert path == toy.toy_bank_path(**kwargs) and path.parent.parent == tmp_path
+  path = toy_banks.get_toy_bank(**kwargs)
+  assert path == toy_banks.toy_bank_path(**kwargs) and path.parent.parent == tmp_path
   assert calls == [dict(shading="lambertian", front_biased=True, seed=5)]
   printed = capsys.readouterr().out
   assert printed.startswith("Generating the toy image bank") and printed.count("\n") == 1
-  assert len(bank_lib.load_bank(path).images) == 2 * len(toy.OBJECTS)
+  assert len(bank_lib.load_bank(path).images) == 2 * len(toy_objects.OBJECTS)
   modified = os.stat(path).st_mtime_ns
-  assert toy.get_toy_bank(**kwargs) == path
+  assert toy_banks.get_toy_bank(**kwargs) == path
   assert len(calls) == 1 and os.stat(path).st_mtime_ns == modified
   assert capsys.readouterr().out == ""
   assert os.listdir(path.parent) == [path.name]  # No temporary file left behind.

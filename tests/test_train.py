@@ -7,9 +7,12 @@ import numpy as np
 import pytest
 
 from configs import bank as bank_config
-from dfjax import cameras, train
 from dfjax.errors import UserError
 from dfjax.priors import bank as bank_lib
+from dfjax.scene import cameras
+from dfjax.train import loop as train_loop
+from dfjax.train import model as model_lib
+from dfjax.train import step as step_lib
 
 RESOLUTION = 8
 
@@ -44,9 +47,9 @@ def setup():
   prior = bank_lib.ClosedFormPrior.from_bank(tiny_bank(), prompt=config.prompt)
   camera_kwargs = dict(width=RESOLUTION, height=RESOLUTION, elevation_range_deg=(-10.0, 70.0),
                        distance_range=(1.3, 1.5), focal_multiplier_range=(0.9, 1.1))
-  scene = train.create_scene(config, prior, camera_kwargs=camera_kwargs)
-  optimizer = train.create_optimizer(config)
-  state = train.create_train_state(scene, optimizer, jax.random.PRNGKey(0))
+  scene = model_lib.create_scene(config, prior, camera_kwargs=camera_kwargs)
+  optimizer = step_lib.create_optimizer(config)
+  state = step_lib.create_train_state(scene, optimizer, jax.random.PRNGKey(0))
   return config, prior, scene, optimizer, state
 
 
@@ -66,14 +69,14 @@ def test_sharded_step_equals_single_device_over_the_same_views(setup):
   """
   _, prior, scene, optimizer, state = setup
   assert jax.device_count() == 4
-  mesh = train.make_mesh()
-  step = train.make_train_step(scene, optimizer, mesh)
-  reference = jax.jit(functools.partial(train.reference_step, scene=scene, optimizer=optimizer,
+  mesh = step_lib.make_mesh()
+  step = step_lib.make_train_step(scene, optimizer, mesh)
+  reference = jax.jit(functools.partial(step_lib.reference_step, scene=scene, optimizer=optimizer,
                                         num_devices=4))
   expected_state, expected_metrics = reference(state, prior.params)
   # The step donates its state: hand it a copy so the fixture's arrays survive.
-  sharded_state, metrics = step(train.replicate(jax.tree.map(jnp.copy, state), mesh),
-                                train.replicate(prior.params, mesh))
+  sharded_state, metrics = step(step_lib.replicate(jax.tree.map(jnp.copy, state), mesh),
+                                step_lib.replicate(prior.params, mesh))
   _assert_trees_close(sharded_state.params, expected_state.params, rtol=1e-5, atol=1e-6)
   # Adam's moments: small entries are sums with cancellation, so compare against the scale
   # of each leaf.
@@ -85,7 +88,7 @@ def test_sharded_step_equals_single_device_over_the_same_views(setup):
   moved = jax.tree.leaves(jax.tree.map(lambda a, b: jnp.max(jnp.abs(a - b)),
                                        sharded_state.params, state.params))
   assert max(float(m) for m in moved) > 0
-  one_view = jax.jit(functools.partial(train.reference_step, scene=scene, optimizer=optimizer,
+  one_view = jax.jit(functools.partial(step_lib.reference_step, scene=scene, optimizer=optimizer,
                                        num_devices=1))(state, prior.params)[1]
   assert abs(float(one_view["grad_norm"]) - float(metrics["grad_norm"])) > 1e-3 * float(
       metrics["grad_norm"])
@@ -93,11 +96,11 @@ def test_sharded_step_equals_single_device_over_the_same_views(setup):
 
 def test_views_are_a_function_of_seed_step_and_device(setup):
   config, _, scene, _, state = setup
-  render = jax.jit(lambda key, step: train.render_view(scene, state.params, key, step)[1])
-  a = render(train.view_key(config.seed, 3, 1, 0), 3)
-  b = render(train.view_key(config.seed, 3, 1, 0), 3)
-  c = render(train.view_key(config.seed, 3, 2, 0), 3)
-  d = render(train.view_key(config.seed, 4, 1, 0), 3)
+  render = jax.jit(lambda key, step: model_lib.render_view(scene, state.params, key, step)[1])
+  a = render(step_lib.view_key(config.seed, 3, 1, 0), 3)
+  b = render(step_lib.view_key(config.seed, 3, 1, 0), 3)
+  c = render(step_lib.view_key(config.seed, 3, 2, 0), 3)
+  d = render(step_lib.view_key(config.seed, 4, 1, 0), 3)
   np.testing.assert_array_equal(a.camera.c2w, b.camera.c2w)
   assert not np.allclose(a.camera.c2w, c.camera.c2w)
   assert not np.allclose(a.camera.c2w, d.camera.c2w)
@@ -105,7 +108,7 @@ def test_views_are_a_function_of_seed_step_and_device(setup):
 
 def test_nonfinite_gradient_is_skipped_counted_and_training_continues(setup):
   _, prior, scene, optimizer, state = setup
-  step = jax.jit(functools.partial(train.reference_step, scene=scene, optimizer=optimizer,
+  step = jax.jit(functools.partial(step_lib.reference_step, scene=scene, optimizer=optimizer,
                                    num_devices=1))
   poisoned = prior.params.replace(images=prior.params.images.at[0, 0].set(jnp.nan))
   # The NaN reaches the gradient through the field: a NaN bank pixel makes ε̂ NaN; SDS zeroes
@@ -132,12 +135,12 @@ def test_nonfinite_gradient_is_skipped_counted_and_training_continues(setup):
 def test_schedules_follow_the_paper():
   from configs import dreamfusion
   config = dreamfusion.get_config()
-  np.testing.assert_allclose(train.cov_scale_at(0, config), 5e-2)
-  np.testing.assert_allclose(train.cov_scale_at(2500, config), 0.5 * (5e-2 + 2e-3), rtol=1e-6)
-  np.testing.assert_allclose(train.cov_scale_at(15000, config), 2e-3, rtol=1e-6)
-  np.testing.assert_allclose(train.orientation_weight_at(0, config), 1e-4)
-  np.testing.assert_allclose(train.orientation_weight_at(5000, config), 1e-2)
-  schedule = train.learning_rate_schedule(config)
+  np.testing.assert_allclose(model_lib.cov_scale_at(0, config), 5e-2)
+  np.testing.assert_allclose(model_lib.cov_scale_at(2500, config), 0.5 * (5e-2 + 2e-3), rtol=1e-6)
+  np.testing.assert_allclose(model_lib.cov_scale_at(15000, config), 2e-3, rtol=1e-6)
+  np.testing.assert_allclose(model_lib.orientation_weight_at(0, config), 1e-4)
+  np.testing.assert_allclose(model_lib.orientation_weight_at(5000, config), 1e-2)
+  schedule = step_lib.learning_rate_schedule(config)
   np.testing.assert_allclose(schedule(0), 1e-9, atol=1e-10)  # float32 rounding of the ramp
   np.testing.assert_allclose(schedule(3000), config.optimizer.peak_learning_rate, rtol=1e-6)
   np.testing.assert_allclose(schedule(15000), 1e-6, rtol=1e-3)
@@ -163,8 +166,8 @@ def test_a_run_stops_after_max_nonfinite_steps_in_a_row(setup, consecutive, tota
   metrics = {"loss": jnp.float32(1.0), "loss_sds": jnp.float32(1.0), "t": jnp.float32(0.5),
              "nonfinite_steps": jnp.float32(total)}
   writer, progress = _Recorder(), _Recorder()
-  log = functools.partial(train._log_metrics, writer, progress, state, metrics, step=40,
-                          clock=train.StepClock(20), max_nonfinite_steps=3)
+  log = functools.partial(train_loop._log_metrics, writer, progress, state, metrics, step=40,
+                          clock=train_loop.StepClock(20), max_nonfinite_steps=3)
   if stops:
     with pytest.raises(UserError, match="3 steps in a row had non-finite gradients "
                        r"\(up to step 40\)") as error:

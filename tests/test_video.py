@@ -1,11 +1,11 @@
-"""Tests for dfjax.video: turntable cameras, frame layout and GIF / ffmpeg writing."""
+"""Tests for dfjax.export.video: turntable cameras, frame layout and GIF / ffmpeg writing."""
 import numpy as np
 import pytest
 from PIL import Image
 
-from dfjax import cameras
-from dfjax import video
 from dfjax.errors import UserError
+from dfjax.export import video
+from dfjax.scene import cameras
 
 
 def test_turntable_cameras_circle_at_fixed_elevation():

@@ -12,6 +12,10 @@ The bank is a public file format, an .npz archive holding
   prompts  str   [N]            the caption of each image,
   c2w      float [N, 4, 4]      camera-to-world matrices (OpenGL axes, last row 0 0 0 1),
   fov_deg  float [N]            vertical field of view of each image, in (0, 180) degrees.
+
+Data flow: scene.cameras (view buckets) and priors.diffusion -> here -> priors.sds (through
+the prior interface: `encode`, `predict_noise`), train.prior_setup, and toy.banks (which
+writes the file format read here).
 """
 import dataclasses
 import os
@@ -23,9 +27,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dfjax import cameras
-from dfjax import diffusion
 from dfjax.errors import UserError
+from dfjax.priors import diffusion
+from dfjax.scene import cameras
 
 BANK_KEYS = ("images", "prompts", "c2w", "fov_deg")
 BANK_FORMAT = ("a bank is an .npz holding images uint8 [N,S,S,3], prompts str [N], "

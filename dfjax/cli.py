@@ -1,0 +1,140 @@
+"""What every dfjax command line shares: one-line user errors, flag parsing, quiet libraries.
+
+Every mistake in a command line (a flag, a config file, an override, a config value, a missing
+bank or model, a workdir that holds another run) stops with one line on stderr,
+`error: ...`, and exit status 2, before anything in the workdir changes; `user_errors` and
+`parse_flags` make it so, and `run` is the entry points' `absl.app.run`.
+
+Data flow: the top of the package, beside the entry points that use it (`dfjax.main`,
+`dfjax.export`, `dfjax.mesh_sds`, `dfjax.evaluate`, `experiments/run_ablations.py`); it imports
+only dfjax.errors, so any of them may use it.
+"""
+import contextlib
+import os
+import re
+import sys
+import warnings
+
+from absl import app
+from absl import flags
+
+from dfjax.errors import UserError, one_line
+
+FLAGS = flags.FLAGS
+
+
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+
+
+@contextlib.contextmanager
+def user_errors():
+  """Turn a UserError into one line on stderr and exit status 2 (no traceback)."""
+  try:
+    yield
+  except UserError as error:
+    print(f"error: {one_line(str(error))}", file=sys.stderr, flush=True)
+    sys.exit(2)
+
+
+def quiet_libraries():
+  """Library INFO logs (orbax's per-save lines, JAX's backend probing) would drown the
+  progress lines: log warnings and errors only, unless --verbosity was given.
+
+  Called by `parse_flags`, before absl's `app.run` would set the verbosity to INFO.
+  """
+  from absl import logging  # pylint: disable=g-import-not-at-top
+  if FLAGS["verbosity"].using_default_value:
+    FLAGS.verbosity = logging.WARNING
+
+
+def _config_file_argument(argv) -> str | None:
+  """The value of --config in `argv` ("configs/toy.py" or "configs/toy.py:ARG"), or None."""
+  for i, arg in enumerate(argv[1:], start=1):
+    match = re.fullmatch(r"--?config(=(.*))?", arg, flags=re.DOTALL)
+    if match:
+      if match.group(1) is not None:
+        return match.group(2)
+      return argv[i + 1] if i + 1 < len(argv) else ""
+  return None
+
+
+def _check_config_file(argv) -> None:
+  """A missing config file, named with the configs that exist (before any parsing)."""
+  value = _config_file_argument(argv)
+  if value is None:
+    return
+  path = value.split(":", 1)[0]
+  if not os.path.isfile(path):
+    known = sorted(name for name in os.listdir(CONFIG_DIR)
+                   if name.endswith(".py") and not name.startswith("_"))
+    raise UserError(f"--config={value}: no such config file; the configs are "
+                    + ", ".join(os.path.join("configs", name) for name in known))
+
+
+def _unknown_field_message(error: Exception, argv) -> str | None:
+  """'--config.train.stepz: the config has no field 'stepz' (did you mean ...)', or None.
+
+  ml_collections raises a KeyError (or an AttributeError wrapping one) whose message is the
+  missing name on its first line, then a "Did you mean" hint.
+  """
+  text = error
+  while isinstance(text, BaseException):
+    text = text.args[0] if text.args else ""
+  lines = [line.strip() for line in str(text).splitlines() if line.strip()]
+  if not lines:
+    return None
+  name = lines[0].strip("'\"")
+  for arg in argv[1:]:
+    flag = arg.split("=", 1)[0]
+    if flag.lstrip("-").startswith("config.") and name in flag.lstrip("-").split("."):
+      hint = " ".join(lines[1:])
+      hint = f" ({hint[0].lower()}{hint[1:]})" if hint else ""
+      return f"{flag}: the config has no field {name!r}{hint}"
+  return None
+
+
+def parse_flags(argv) -> list[str]:
+  """absl flags parser: FLAGS(argv), with every mistake as one line and exit status 2.
+
+  absl's own parser prints a multi-line "FATAL Flags parsing error", and ml_collections'
+  config flag raises OSError, KeyError or AttributeError with tracebacks; here each becomes
+  `error: <what is wrong>` on stderr.
+  """
+  with user_errors():
+    _check_config_file(argv)
+    try:
+      remaining = FLAGS(argv)
+    except flags.Error as error:
+      if "Traceback (most recent call last)" in str(error):  # the config file itself raised
+        raise UserError(_config_load_message(error, argv)) from None
+      raise UserError(f"{one_line(error)} (see --helpshort)") from None
+    except (KeyError, AttributeError) as error:
+      message = _unknown_field_message(error, argv)
+      if message is None:
+        raise UserError(_config_load_message(error, argv)) from None
+      raise UserError(message) from None
+    except Exception as error:  # pylint: disable=broad-except
+      raise UserError(_config_load_message(error, argv)) from None
+  quiet_libraries()
+  return remaining
+
+
+def _config_load_message(error: Exception, argv) -> str:
+  """`--config=FILE` failed to import or to run: its last line says why."""
+  lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+  reason = lines[-1] if lines else ""
+  if not re.match(r"^\w+(Error|Exception): ", reason):
+    reason = f"{type(error).__name__}: {reason}" if reason else type(error).__name__
+  return f"cannot load --config={_config_file_argument(argv)}: {reason}"
+
+
+def run(main_fn):
+  """The CLI entry point: absl's app.run with one-line flag errors.
+
+  JAX, Flax, orbax and diffusers are imported after this point (inside `main_fn`), so their
+  import-time deprecation notices are silenced here; a library user keeps them.
+  """
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+  warnings.filterwarnings("ignore", category=FutureWarning)
+  warnings.filterwarnings("ignore", category=DeprecationWarning)
+  app.run(main_fn, flags_parser=parse_flags)

@@ -1,0 +1,108 @@
+"""Checks of config values, so a bad value stops with one line naming its field.
+
+Both checks are cheap (no JAX, no file reads beyond `os.path`), so the entry point runs them
+before loading anything slow.
+
+Data flow: a config only -> here -> dfjax.main and the mesh_sds command line, before
+anything slow is loaded.
+"""
+from __future__ import annotations
+
+import numbers
+import os
+
+from dfjax.errors import UserError
+
+
+def _range(config, name: str, *, lo=None, hi=None, strictly_increasing=True):
+  section, key = name.split(".")
+  value = tuple(config[section][key])
+  if len(value) != 2:
+    raise UserError(f"config.{name} must be a (min, max) pair, got {value}")
+  if not all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in value):
+    raise UserError(f"config.{name} must be two numbers (min, max), got {value}")
+  a, b = value
+  if strictly_increasing and not a < b:
+    raise UserError(f"config.{name} = {value} is an empty range: its min must be below its max")
+  if (lo is not None and a < lo) or (hi is not None and b > hi):
+    raise UserError(f"config.{name} = {value} must lie within [{lo}, {hi}]")
+
+
+def _positive(config, name: str, *, allow_zero=False):
+  section, key = name.split(".")
+  value = config[section][key]
+  if value < 0 or (value == 0 and not allow_zero):
+    bound = "non-negative" if allow_zero else "positive"
+    raise UserError(f"config.{name} must be {bound}, got {value}")
+
+
+def _probability(config, name: str):
+  section, key = name.split(".")
+  value = config[section][key]
+  if not 0.0 <= value <= 1.0:
+    raise UserError(f"config.{name} must be a probability in [0, 1], got {value}")
+
+
+def _choice(config, name: str, choices):
+  section, key = name.split(".")
+  value = config[section][key]
+  if value not in choices:
+    raise UserError(f"config.{name} must be one of {', '.join(map(repr, choices))}; "
+                    f"got {value!r}")
+
+
+def check_config(config) -> None:
+  """Raise UserError naming the first field with a value that cannot work."""
+  for name in ("camera.resolution", "field.num_blocks", "field.hidden_units", "field.max_deg",
+               "field.blob_radius", "render.num_samples", "render.bound_radius", "render.chunk",
+               "train.steps", "train.views_per_device", "train.log_every",
+               "train.checkpoint_every", "train.keep_checkpoints", "export.resolution",
+               "export.threshold", "export.bound", "export.video_frames",
+               "export.video_resolution", "optimizer.peak_learning_rate"):
+    _positive(config, name)
+  for name in ("render.num_importance", "train.image_every", "field.cov_scale_start",
+               "field.cov_scale_end", "prior.guidance_scale", "loss.orientation_weight",
+               "loss.opacity_weight", "optimizer.grad_clip", "camera.position_jitter",
+               "camera.look_at_std", "camera.up_std", "shading.albedo_warmup_steps"):
+    _positive(config, name, allow_zero=True)
+  for name in ("camera.angle_uniform_prob", "shading.shaded_prob", "shading.textureless_prob"):
+    _probability(config, name)
+  _range(config, "camera.elevation_range", lo=-90.0, hi=90.0)
+  _range(config, "camera.azimuth_range")
+  _range(config, "camera.distance_range", lo=0.0)
+  _range(config, "camera.focal_range", lo=0.0)
+  _range(config, "shading.light_distance_range", lo=0.0)
+  _range(config, "prior.t_range", lo=0.0, hi=1.0)
+  _choice(config, "prior.kind", ("stable_diffusion", "bank", "toy"))
+  _choice(config, "prior.weighting", ("sds", "uniform", "sqrt_alpha_one_minus"))
+  _choice(config, "prior.dtype", ("float32", "bfloat16"))
+  _choice(config, "background.kind", ("mlp", "fixed"))
+  _choice(config, "render.normals", ("autodiff", "finite_difference"))
+  _choice(config, "optimizer.name", ("adam",))
+
+
+def check_paths(config) -> None:
+  """Raise UserError when the prior's model directory or bank file plainly does not exist.
+
+  A model name that is not a local path ("owner/name") may be a hub id, left to the loader.
+  """
+  kind = config.prior.kind
+  if kind == "stable_diffusion":
+    model = config.prior.model
+    if not model:
+      raise UserError("config.prior.model is empty: pass --config.prior.model=DIR_OR_HUB_ID "
+                      "(a diffusers-format Stable Diffusion directory or hub id)")
+    path = os.path.expanduser(model)
+    local = model.startswith(("/", "./", "../", "~")) or os.path.exists(path)
+    if local and not os.path.isdir(path):
+      problem = "is a file" if os.path.exists(path) else "does not exist"
+      raise UserError(f"config.prior.model={model!r} {problem}; pass a "
+                      "diffusers-format Stable Diffusion directory (unet/, vae/, text_encoder/, "
+                      "tokenizer/, scheduler/) or a hub id such as 'owner/name'")
+  elif kind == "bank":
+    bank = config.prior.bank
+    if not bank:
+      raise UserError("config.prior.bank is empty: pass --config.prior.bank=PATH.npz")
+    if not os.path.isfile(bank):
+      raise UserError(f"config.prior.bank={bank!r}: no such file; pass the path of an "
+                      "image-bank .npz (dfjax.priors.bank)")

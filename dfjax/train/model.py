@@ -1,0 +1,147 @@
+"""The scene being optimised, built from a config: models, schedules and renders of a view.
+
+`Scene` holds the static parts of a step: the Mip-NeRF field, the environment-map background
+(or a fixed colour), the prior, the camera ranges and the run's config. From it come the
+parameters (`init_params`), the annealed hyperparameters of App. A.2 (λ_Σ, the orientation
+weight), one training view with a sampled camera, light and shading (`render_view`), and the
+deterministic previews used by the logs, the export and the evaluation (`render_preview`).
+
+Data flow: scene (cameras, field, background, shading, render) -> here -> train.step,
+train.loop, export, eval. Along with train.prior_setup, the only library code that reads the
+config.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from dfjax.scene import background as background_lib
+from dfjax.scene import cameras as cameras_lib
+from dfjax.scene import field as field_lib
+from dfjax.scene import render as render_lib
+from dfjax.scene import shading as shading_lib
+
+
+@dataclasses.dataclass(frozen=True)
+class Scene:
+  """The static parts of a step: models, prior and the config-derived hyperparameters."""
+  field: field_lib.NeRFField
+  background: background_lib.EnvironmentMap | None
+  background_color: tuple
+  prior: Any
+  camera_kwargs: dict
+  config: ml_collections.ConfigDict  # read-only view of the run's config
+
+  def background_fn(self, params):
+    if self.background is None:
+      return background_lib.fixed_background(self.background_color)
+    return functools.partial(self.background.apply, params["background"])
+
+
+def linear_anneal(step, *, start: float, end: float, steps: int):
+  """start + (end − start)·min(step/steps, 1): DreamFusion's λ_Σ and orientation schedules."""
+  fraction = jnp.clip(step / max(steps, 1), 0.0, 1.0)
+  return start + (end - start) * fraction
+
+
+def cov_scale_at(step, config):
+  """λ_Σ, the isotropic IPE variance, annealed 5e-2 → 2e-3 over 5k steps (App. A.2)."""
+  return linear_anneal(step, start=config.field.cov_scale_start, end=config.field.cov_scale_end,
+                       steps=config.field.cov_anneal_steps)
+
+
+def orientation_weight_at(step, config):
+  """Orientation-loss weight, annealed up from 1e-4 to its final value (App. A.2)."""
+  return linear_anneal(step, start=config.loss.orientation_weight_start,
+                       end=config.loss.orientation_weight,
+                       steps=config.loss.orientation_anneal_steps)
+
+
+def create_scene(config, prior, *, camera_kwargs: dict) -> Scene:
+  """Models from the config; `camera_kwargs` are `cameras.sample_camera`'s ranges."""
+  f = config.field
+  field = field_lib.NeRFField(num_blocks=f.num_blocks, hidden_units=f.hidden_units,
+                              max_deg=f.max_deg, blob_density=f.blob_density,
+                              blob_radius=f.blob_radius, density_bias=f.density_bias)
+  b = config.background
+  background = (background_lib.EnvironmentMap(hidden_units=b.hidden_units, max_deg=b.max_deg)
+                if b.kind == "mlp" else None)
+  return Scene(field=field, background=background, background_color=tuple(b.color),
+               prior=prior, camera_kwargs=camera_kwargs, config=config)
+
+
+def init_params(scene: Scene, key: jax.Array):
+  k_field, k_background = jax.random.split(key)
+  params = {"field": scene.field.init(k_field, jnp.zeros((1, 3)), jnp.ones((1, 3)))}
+  if scene.background is not None:
+    params["background"] = scene.background.init(k_background, jnp.ones((1, 3)))
+  return params
+
+
+def render_view(scene: Scene, params, key: jax.Array, step):
+  """Sample a camera, a light and a shading mode, and render them (App. A.2).
+
+  Returns:
+    (RenderOutput [H, W, ...], CameraSample).
+  """
+  config = scene.config
+  k_camera, k_light, k_shading, k_render = jax.random.split(key, 4)
+  sample = cameras_lib.sample_camera(k_camera, **scene.camera_kwargs)
+  light = shading_lib.sample_light_position(
+      k_light, sample.camera.position, distance_range=config.shading.light_distance_range)
+  shading = shading_lib.sample_shading(
+      k_shading, light, albedo_only=step < config.shading.albedo_warmup_steps,
+      shaded_prob=config.shading.shaded_prob, textureless_prob=config.shading.textureless_prob,
+      ambient=config.shading.ambient, diffuse=config.shading.diffuse)
+  out = render_lib.render_image(
+      sample.camera, key=k_render, chunk=config.render.chunk,
+      field_fn=functools.partial(scene.field.apply, params["field"]),
+      background_fn=scene.background_fn(params), shading=shading,
+      num_samples=config.render.num_samples, num_importance=config.render.num_importance,
+      bound_radius=config.render.bound_radius, cov_scale=cov_scale_at(step, config),
+      randomized=True, normals=config.render.normals)
+  return out, sample
+
+
+def preview_cameras(config, *, resolution: int):
+  """Front, side, back and overhead cameras for render grids and the turntable."""
+  e = config.export
+  views = ((0.0, 15.0), (90.0, 15.0), (180.0, 15.0), (0.0, 75.0))
+  return [cameras_lib.camera_from_angles(azimuth_deg=a, elevation_deg=el,
+                                         distance=e.video_distance, fov_deg=e.video_fov,
+                                         width=resolution, height=resolution)
+          for a, el in views]
+
+
+def render_preview(scene: Scene, params, camera: cameras_lib.Camera, step, *, mode: str):
+  """Deterministic render of `params` from `camera` for logs and export.
+
+  Args:
+    mode: "albedo" (colour), "textureless" (white, lit from the camera) or "normals"
+      (normals mapped to [0, 1], on the background).
+
+  Returns:
+    [H, W, 3] image in [0, 1].
+  """
+  config = scene.config
+  if mode == "albedo":
+    shading = shading_lib.Shading.albedo_only()
+  else:
+    shading = shading_lib.Shading(light_position=camera.position, ambient=jnp.array(0.2),
+                                  diffuse=jnp.array(0.8), textureless=jnp.array(1.0))
+  out = render_lib.render_image(
+      camera, key=jax.random.PRNGKey(0), chunk=config.render.chunk,
+      field_fn=functools.partial(scene.field.apply, params["field"]),
+      background_fn=scene.background_fn(params), shading=shading,
+      num_samples=config.render.num_samples, num_importance=config.render.num_importance,
+      bound_radius=config.render.bound_radius, cov_scale=cov_scale_at(step, config),
+      randomized=False, normals="none" if mode == "albedo" else config.render.normals)
+  if mode == "normals":
+    alpha = out.accumulated_alpha[..., None]
+    return jnp.clip(0.5 * out.normals + 0.5 * alpha + (1.0 - alpha), 0.0, 1.0)
+  return jnp.clip(out.rgb, 0.0, 1.0)

@@ -1,0 +1,48 @@
+"""A run read back from its workdir: its config and a checkpoint's parameters.
+
+For everything that works on a finished (or interrupted) run without training it: the export
+CLI, the R-Precision evaluation and the ablation study's rescoring.
+
+Data flow: train.model, train.step and train.checkpoint -> here -> export, eval, the CLIs.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import ml_collections
+
+from dfjax.errors import UserError
+from dfjax.train import checkpoint as checkpoint_lib
+from dfjax.train import model as model_lib
+from dfjax.train import step as step_lib
+
+
+def load_run_config(workdir: str) -> ml_collections.ConfigDict:
+  path = os.path.join(workdir, "config.json")
+  if not os.path.isfile(path):
+    raise UserError(f"{path} not found: --workdir must be a dfjax run directory")
+  with open(path) as f:
+    return ml_collections.ConfigDict(json.load(f))
+
+
+def restore_params(config, workdir: str, *, step: int | None):
+  """The scene and parameters of a run's checkpoint (the latest when `step` is None)."""
+  scene = model_lib.create_scene(config, prior=None, camera_kwargs={})
+  optimizer = step_lib.create_optimizer(config)
+  abstract = jax.eval_shape(
+      lambda: step_lib.create_train_state(scene, optimizer, jax.random.PRNGKey(0)))
+  sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+                          abstract)
+  checkpointer = checkpoint_lib.Checkpointer(workdir, save_every=1, keep=10**6, async_save=False)
+  steps = checkpointer.all_steps()
+  if not steps:
+    raise UserError(f"no checkpoint in {workdir}/checkpoints: train first")
+  if step is not None and step not in steps:
+    raise UserError(f"no checkpoint at step {step} in {workdir}; available: {steps}")
+  step = steps[-1] if step is None else step
+  state = checkpointer.restore(abstract, step=step)
+  checkpointer.close()
+  return scene, state.params, step

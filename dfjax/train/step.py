@@ -1,0 +1,182 @@
+"""The data-parallel SDS step: one TrainState, one optax update, averaged over devices.
+
+Each device draws its own camera, light, shading mode, timestep and noise from a key derived
+from (seed, step, device index) alone, renders one view, and computes the SDS surrogate
+(DreamFusion §3, Eq. 3) plus the orientation and opacity regularisers (App. A.2). Gradients
+are averaged across devices (`jax.lax.pmean` under `jax.shard_map`) and one optax update is
+applied to the replicated state. Frozen prior weights travel as a separate, non-donated
+argument; the state is donated.
+
+Data flow: train.model, priors.sds and scene.losses -> here -> train.loop.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+from flax import struct
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from dfjax.priors import sds as sds_lib
+from dfjax.scene import cameras as cameras_lib
+from dfjax.scene import losses
+from dfjax.train import model as model_lib
+
+
+DATA_AXIS = "data"
+
+
+@struct.dataclass
+class TrainState:
+  """Everything that changes during training (checkpointed as one pytree).
+
+  Attributes:
+    step: [] int32 number of updates applied (skipped ones included).
+    params: {"field": ..., "background": ...} parameters.
+    opt_state: optax state.
+    nonfinite_steps: [] int32 updates skipped because a gradient was not finite.
+    consecutive_nonfinite: [] int32 of those, in a row up to now.
+  """
+  step: jax.Array
+  params: Any
+  opt_state: Any
+  nonfinite_steps: jax.Array
+  consecutive_nonfinite: jax.Array
+
+
+def learning_rate_schedule(config) -> optax.Schedule:
+  """Linear warm-up 1e-9 → peak over 3000 steps, then cosine decay to 1e-6 (App. A.2)."""
+  opt = config.optimizer
+  return optax.warmup_cosine_decay_schedule(
+      init_value=opt.initial_learning_rate, peak_value=opt.peak_learning_rate,
+      warmup_steps=min(opt.warmup_steps, max(config.train.steps - 1, 1)),
+      decay_steps=max(config.train.steps, opt.warmup_steps + 1),
+      end_value=opt.final_learning_rate)
+
+
+def create_optimizer(config) -> optax.GradientTransformation:
+  """Global-norm clipping, then Adam on the warm-up + cosine schedule."""
+  opt = config.optimizer
+  adam = optax.adam(learning_rate_schedule(config), b1=opt.b1, b2=opt.b2, eps=opt.eps)
+  return optax.chain(optax.clip_by_global_norm(opt.grad_clip), adam) if opt.grad_clip else adam
+
+
+def create_train_state(scene: model_lib.Scene, optimizer, key: jax.Array) -> TrainState:
+  params = model_lib.init_params(scene, key)
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                    opt_state=optimizer.init(params),
+                    nonfinite_steps=jnp.zeros((), jnp.int32),
+                    consecutive_nonfinite=jnp.zeros((), jnp.int32))
+
+
+def view_key(seed: int, step, device_index, view_index):
+  """The key of one view: a function of (seed, step, device, view) only (bitwise resume)."""
+  key = jax.random.fold_in(jax.random.PRNGKey(seed), step)
+  return jax.random.fold_in(jax.random.fold_in(key, device_index), view_index)
+
+
+def view_loss(params, prior_params, key: jax.Array, step, *, scene: model_lib.Scene):
+  """SDS + regularisers of one sampled view. Returns (loss, metrics dict of scalars)."""
+  config = scene.config
+  k_view, k_sds = jax.random.split(key)
+  out, sample = model_lib.render_view(scene, params, k_view, step)
+  bucket = cameras_lib.view_bucket(sample.azimuth_deg, sample.elevation_deg)
+  sds = sds_lib.score_distillation(
+      scene.prior, prior_params, out.rgb[None], bucket[None], k_sds,
+      guidance_scale=config.prior.guidance_scale, t_range=tuple(config.prior.t_range),
+      weighting=config.prior.weighting)
+  orientation = losses.orientation_loss(out.weights, out.sample_normals, out.directions)
+  opacity = losses.opacity_loss(out.accumulated_alpha)
+  loss = (sds.loss + model_lib.orientation_weight_at(step, config) * orientation
+          + config.loss.opacity_weight * opacity)
+  num_timesteps = len(scene.prior.alphas_cumprod)
+  metrics = {"loss": loss, "loss_sds": sds.loss, "loss_orientation": orientation,
+             "loss_opacity": opacity, "t": sds.timesteps[0] / num_timesteps,
+             "sds_nonfinite": sds.num_nonfinite.astype(jnp.float32),
+             "sds_grad_norm": sds.grad_norm,
+             "accumulated_alpha": jnp.mean(out.accumulated_alpha)}
+  return loss, metrics
+
+
+def device_gradients(state: TrainState, prior_params, device_index, *, scene: model_lib.Scene):
+  """Mean gradient and metrics of this device's views (`train.views_per_device`)."""
+  views = scene.config.train.views_per_device
+  keys = jax.vmap(lambda v: view_key(scene.config.seed, state.step, device_index, v))(
+      jnp.arange(views))
+  grad_fn = jax.grad(functools.partial(view_loss, scene=scene), has_aux=True)
+  grads, metrics = jax.vmap(grad_fn, in_axes=(None, None, 0, None))(
+      state.params, prior_params, keys, state.step)
+  return jax.tree.map(lambda g: jnp.mean(g, axis=0), (grads, metrics))
+
+
+def apply_gradients(state: TrainState, grads, optimizer) -> tuple[TrainState, dict]:
+  """One optax update, skipped (and counted) when any gradient entry is not finite."""
+  finite = jnp.all(jnp.array([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
+  safe_grads = jax.tree.map(lambda g: jnp.where(finite, g, 0.0), grads)
+  updates, opt_state = optimizer.update(safe_grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+  skipped = (~finite).astype(jnp.int32)
+  new_state = TrainState(
+      step=state.step + 1, params=keep(params, state.params),
+      opt_state=keep(opt_state, state.opt_state),
+      nonfinite_steps=state.nonfinite_steps + skipped,
+      consecutive_nonfinite=(state.consecutive_nonfinite + 1) * skipped)
+  grad_norm = optax.global_norm(safe_grads)
+  return new_state, {"grad_norm": grad_norm, "skipped": skipped.astype(jnp.float32),
+                     "nonfinite_steps": new_state.nonfinite_steps.astype(jnp.float32)}
+
+
+def _update(state, grads, metrics, *, scene, optimizer):
+  """Apply the device-averaged gradients; metrics gain the update's and the learning rate."""
+  state, update_metrics = apply_gradients(state, grads, optimizer)
+  learning_rate = learning_rate_schedule(scene.config)(state.step - 1)
+  return state, dict(metrics, **update_metrics, learning_rate=learning_rate)
+
+
+def make_mesh(devices=None) -> jax.sharding.Mesh:
+  """A 1-D data-parallel mesh over every device (every host's, on pods)."""
+  devices = jax.devices() if devices is None else devices
+  return jax.make_mesh((len(devices),), (DATA_AXIS,), axis_types=(jax.sharding.AxisType.Auto,),
+                       devices=devices)
+
+
+def make_train_step(scene: model_lib.Scene, optimizer, mesh: jax.sharding.Mesh):
+  """The jitted, data-parallel step: (state, prior_params) -> (state, metrics).
+
+  Under `jax.shard_map` every device runs `device_gradients` with its own index; `pmean`
+  averages gradients and metrics, so every device applies the same update to its replica.
+  """
+  def per_device(state, prior_params):
+    grads, metrics = device_gradients(state, prior_params, jax.lax.axis_index(DATA_AXIS),
+                                      scene=scene)
+    grads, metrics = jax.lax.pmean((grads, metrics), DATA_AXIS)
+    return _update(state, grads, metrics, scene=scene, optimizer=optimizer)
+
+  # check_vma=False: with varying-axis typing on, the gradient w.r.t. a replicated input is
+  # already summed over devices by the transpose of the implicit broadcast, and the pmean
+  # below would then average a sum. Off, each device's gradient is its own (pmap semantics)
+  # and the pmean is the one reduction, as the reference step computes it.
+  sharded = jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P()), out_specs=(P(), P()),
+                          check_vma=False)
+  return jax.jit(sharded, donate_argnums=0)
+
+
+def reference_step(state: TrainState, prior_params, *, scene: model_lib.Scene, optimizer,
+                   num_devices: int):
+  """What `make_train_step` computes, on one device: the mean over device indices.
+
+  Used by tests to check the sharded step, and to debug without a mesh.
+  """
+  per_index = lambda i: device_gradients(state, prior_params, i, scene=scene)
+  grads, metrics = jax.tree.map(lambda x: jnp.mean(x, axis=0),
+                                jax.vmap(per_index)(jnp.arange(num_devices)))
+  return _update(state, grads, metrics, scene=scene, optimizer=optimizer)
+
+
+def replicate(tree, mesh: jax.sharding.Mesh):
+  """Place every leaf, replicated, on every device of the mesh."""
+  return jax.device_put(tree, NamedSharding(mesh, P()))
