@@ -14,15 +14,30 @@ Each departure from the paper is named where it is set:
 import ml_collections
 
 
+
 def get_config(arg=None) -> ml_collections.ConfigDict:
+  """The paper's method and values (App. A.2), sub-configs in data-flow order."""
   del arg
   config = ml_collections.ConfigDict()
   config.prompt = "a DSLR photo of a corgi wearing a top hat"  # the text to make 3D
   config.seed = 0  # every step's randomness derives from (seed, step, device index)
   config.multihost = False  # call jax.distributed.initialize() first (TPU pods)
+  config.camera = camera_config()
+  config.field = field_config()
+  config.shading = shading_config()
+  config.background = background_config()
+  config.render = render_config()
+  config.prior = prior_config()
+  config.loss = loss_config()
+  config.optimizer = optimizer_config()
+  config.train = train_config()
+  config.export = export_config()
+  return config
 
-  # Cameras (App. A.2). Angles in degrees, distances in world units.
-  config.camera = camera = ml_collections.ConfigDict()
+
+def camera_config() -> ml_collections.ConfigDict:
+  """Cameras (App. A.2). Angles in degrees, distances in world units."""
+  camera = ml_collections.ConfigDict()
   camera.resolution = 64  # render width = height in pixels (paper: 64)
   camera.elevation_range = (-10.0, 90.0)
   camera.azimuth_range = (0.0, 360.0)
@@ -32,9 +47,12 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
   camera.position_jitter = 0.1  # camera position + U(-j, j)^3
   camera.look_at_std = 0.2  # look-at point ~ N(0, std^2 I)
   camera.up_std = 0.02  # up vector + N(0, std^2 I)
+  return camera
 
-  # Field (§3.1, App. A.2).
-  config.field = field = ml_collections.ConfigDict()
+
+def field_config() -> ml_collections.ConfigDict:
+  """Field (§3.1, App. A.2)."""
+  field = ml_collections.ConfigDict()
   field.num_blocks = 5  # residual blocks
   field.hidden_units = 128
   field.max_deg = 8  # IPE frequencies 2^0 .. 2^(L-1), L = 8
@@ -44,33 +62,45 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
   field.cov_scale_start = 5e-2  # λ_Σ at step 0 (isotropic IPE variance)
   field.cov_scale_end = 2e-3  # λ_Σ after the anneal
   field.cov_anneal_steps = 5000  # linear anneal length in steps
+  return field
 
-  # Shading and light (§3.1, App. A.2).
-  config.shading = shading = ml_collections.ConfigDict()
+
+def shading_config() -> ml_collections.ConfigDict:
+  """Shading and light (§3.1, App. A.2)."""
+  shading = ml_collections.ConfigDict()
   shading.albedo_warmup_steps = 1000  # albedo only before this step
   shading.shaded_prob = 0.75  # P(lit) after the warm-up
   shading.textureless_prob = 0.5  # P(textureless | lit)
   shading.ambient = 0.1
   shading.diffuse = 0.9
   shading.light_distance_range = (0.8, 1.5)
+  return shading
 
-  # Background (App. A.2): "mlp" environment map, or "fixed" colour.
-  config.background = background = ml_collections.ConfigDict()
+
+def background_config() -> ml_collections.ConfigDict:
+  """Background (App. A.2): "mlp" environment map, or "fixed" colour."""
+  background = ml_collections.ConfigDict()
   background.kind = "mlp"
   background.color = (1.0, 1.0, 1.0)  # used when kind == "fixed"
   background.hidden_units = 64
   background.max_deg = 4
+  return background
 
-  # Renderer.
-  config.render = render = ml_collections.ConfigDict()
+
+def render_config() -> ml_collections.ConfigDict:
+  """Renderer."""
+  render = ml_collections.ConfigDict()
   render.num_samples = 64  # stratified samples per ray inside the bounding sphere
   render.num_importance = 0  # hierarchical samples per ray (0: none)
   render.bound_radius = 1.4  # bounding sphere radius (App. A.2)
   render.normals = "autodiff"  # or "finite_difference"
   render.chunk = 4096  # rays per chunk
+  return render
 
-  # Prior and SDS (§3, Eq. 3).
-  config.prior = prior = ml_collections.ConfigDict()
+
+def prior_config() -> ml_collections.ConfigDict:
+  """Prior and SDS (§3, Eq. 3)."""
+  prior = ml_collections.ConfigDict()
   prior.kind = "stable_diffusion"  # or "bank" (closed-form prior over an image bank)
   prior.model = ""  # diffusers-format directory or hub id
   prior.revision = ""  # hub revision (e.g. "bf16" for CompVis/stable-diffusion-v1-4)
@@ -81,16 +111,22 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
   prior.guidance_scale = 100.0  # classifier-free guidance s in u + s (c - u)
   prior.t_range = (0.02, 0.98)  # t ~ U(t_min, t_max) as a fraction of the schedule
   prior.weighting = "sds"  # w(t): "sds" (1 - ᾱ), "uniform", "sqrt_alpha_one_minus"
+  return prior
 
-  # Regularisers (App. A.2).
-  config.loss = loss = ml_collections.ConfigDict()
+
+def loss_config() -> ml_collections.ConfigDict:
+  """Regularisers (App. A.2)."""
+  loss = ml_collections.ConfigDict()
   loss.orientation_weight = 1e-2  # final orientation-loss weight
   loss.orientation_weight_start = 1e-4  # annealed linearly up from this ...
   loss.orientation_anneal_steps = 5000  # ... over this many steps
   loss.opacity_weight = 1e-3
+  return loss
 
-  # Optimiser.
-  config.optimizer = optimizer = ml_collections.ConfigDict()
+
+def optimizer_config() -> ml_collections.ConfigDict:
+  """Optimiser."""
+  optimizer = ml_collections.ConfigDict()
   optimizer.name = "adam"
   optimizer.peak_learning_rate = 1e-3  # departure: Adam instead of Shampoo at 1e-4
   optimizer.initial_learning_rate = 1e-9  # warm-up start
@@ -101,18 +137,24 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
   optimizer.eps = 1e-15
   optimizer.grad_clip = 1.0  # global-norm clipping (0: none)
   optimizer.max_nonfinite_steps = 20  # abort after this many non-finite steps in a row
+  return optimizer
 
-  # Training loop.
-  config.train = train = ml_collections.ConfigDict()
+
+def train_config() -> ml_collections.ConfigDict:
+  """Training loop."""
+  train = ml_collections.ConfigDict()
   train.steps = 15000
   train.views_per_device = 1  # the paper: one view per chip
   train.log_every = 50
   train.image_every = 1000  # TensorBoard render grids
   train.checkpoint_every = 1000
   train.keep_checkpoints = 3
+  return train
 
-  # Export at the end of training (see dfjax.export).
-  config.export = export = ml_collections.ConfigDict()
+
+def export_config() -> ml_collections.ConfigDict:
+  """Export at the end of training (see dfjax.export)."""
+  export = ml_collections.ConfigDict()
   export.at_end = True  # write mesh and video when training ends
   export.resolution = 128  # marching-cubes grid points per axis
   export.threshold = 25.0  # density level of the surface, per world unit
@@ -122,4 +164,4 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
   export.video_elevation = 30.0
   export.video_distance = 1.6
   export.video_fov = 40.0
-  return config
+  return export
