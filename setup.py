@@ -25,6 +25,9 @@ setuptools.setup(
         "trimesh>=4.0",
         "pillow>=10.0",
         "imageio>=2.31",
+        "imageio-ffmpeg>=0.4.9",  # MP4 turntables; ships its own ffmpeg executable
+        "xatlas>=0.0.9",  # UV atlas of the textured meshes
+        "fast-simplification>=0.1.7",  # face budget of the textured meshes
         "tensorboardX>=2.6",
         "tqdm>=4.60",
     ],

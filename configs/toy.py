@@ -8,7 +8,7 @@ The first run renders the toy bank (procedural captioned objects seen from many 
 dfjax.toy.banks) into the user's cache directory. Training then distils the object named by the
 prompt from the bank's closed-form prior alone: the field never sees a target pixel except
 through ε̂. On 2 CPU cores it finishes within 10 minutes with a recognisable object, and
-writes mesh.ply, mesh.glb and turntable.gif into the workdir. An unknown prompt lists the
+writes mesh.ply, mesh.glb and turntable.mp4 into the workdir. An unknown prompt lists the
 toy captions.
 
 Departures from bank.py, for CPU time: 32×32 renders, a 2×32 field, 32 samples per ray

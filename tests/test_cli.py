@@ -301,8 +301,17 @@ def background_jobs(cli, runs, bad_input_jobs):
   export_dir = copy_of_reference(cli, runs, "export")
   jobs["export"] = (cli.start("dfjax.export", f"--workdir={export_dir}",
                               f"--step={EXPORT_STEP}", "--resolution=16"), export_dir)
+  textured_dir = copy_of_reference(cli, runs, "export_textured")
+  jobs["export_textured"] = (cli.start(
+      "dfjax.export", f"--workdir={textured_dir}", f"--step={EXPORT_STEP}", "--resolution=16",
+      "--format=obj,glb", "--texture_size=64", "--faces=100", "--video_format=gif"),
+                             textured_dir)
   jobs["export_missing_workdir"] = (cli.start("dfjax.export",
                                               f"--workdir={cli.path('no_such_run')}"), None)
+  jobs["export_bad_format"] = (cli.start("dfjax.export", f"--workdir={export_dir}",
+                                         "--format=glb,stl"), None)
+  jobs["export_bad_texture_size"] = (cli.start("dfjax.export", f"--workdir={export_dir}",
+                                               "--texture_size=8"), None)
   jobs["export_unknown_step"] = (cli.start(
       "dfjax.export", f"--workdir={copy_of_reference(cli, runs, 'export_unknown_step')}",
       "--step=5", "--novideo"), None)
@@ -448,17 +457,43 @@ def test_allow_config_change_continues_the_run_with_the_new_config(runs, restart
 # Export.
 
 
-def test_export_from_a_chosen_checkpoint(background_jobs):
+def test_export_from_a_chosen_checkpoint(background_jobs, monkeypatch):
   job, workdir = background_jobs["export"]
   job.wait()
   assert job.returncode == 0, job.stderr[-3000:]
   assert not job.stderr, job.stderr[-3000:]  # no library warnings or logs
   assert f"at step {EXPORT_STEP}:" in job.stdout
-  for name in ("mesh.ply", "mesh.glb", "turntable.gif"):
-    assert os.path.getsize(os.path.join(workdir, name)) > 0, name
-  import imageio.v3 as iio  # pylint: disable=g-import-not-at-top
-  frames = iio.imread(os.path.join(workdir, "turntable.gif"), index=None)
+  # The defaults: a textured GLB, the vertex-coloured PLY and an MP4 turntable.
+  assert sorted(n for n in os.listdir(workdir) if n.startswith(("mesh", "turntable"))) == [
+      "mesh.glb", "mesh.ply", "turntable.mp4"]
+  import imageio.v2 as imageio  # pylint: disable=g-import-not-at-top
+  import trimesh  # pylint: disable=g-import-not-at-top
+  monkeypatch.setenv("IMAGEIO_FFMPEG_NO_PREVENT_SIGINT", "1")  # see video._write_ffmpeg
+  frames = np.stack(imageio.mimread(os.path.join(workdir, "turntable.mp4")))
   assert frames.shape[:3] == (2, 8, 3 * 8)  # video_frames, colour | normals | textureless
+  glb = trimesh.load(os.path.join(workdir, "mesh.glb"), force="mesh", process=False)
+  assert glb.visual.uv.shape == (len(glb.vertices), 2)
+  assert glb.visual.material.baseColorTexture.size == (512, 512)  # export.texture_size
+  ply = trimesh.load(os.path.join(workdir, "mesh.ply"), process=False)
+  assert ply.visual.vertex_colors.shape == (len(ply.vertices), 4)
+
+
+def test_export_textured_formats_and_gif(background_jobs):
+  job, workdir = background_jobs["export_textured"]
+  job.wait()
+  assert job.returncode == 0, job.stderr[-3000:]
+  assert not job.stderr, job.stderr[-3000:]
+  assert sorted(n for n in os.listdir(workdir) if n.startswith(("mesh", "turntable"))) == [
+      "mesh.glb", "mesh.mtl", "mesh.obj", "mesh_albedo.png", "turntable.gif"]
+  import imageio.v3 as iio  # pylint: disable=g-import-not-at-top
+  import trimesh  # pylint: disable=g-import-not-at-top
+  assert iio.imread(os.path.join(workdir, "turntable.gif"), index=None).shape[:3] == (2, 8, 24)
+  for name in ("mesh.obj", "mesh.glb"):
+    loaded = trimesh.load(os.path.join(workdir, name), force="mesh", process=False)
+    material = loaded.visual.material
+    image = material.image if name.endswith(".obj") else material.baseColorTexture
+    assert image.size == (64, 64) and 0 < len(loaded.faces) <= 100, name
+    assert loaded.visual.uv.shape == (len(loaded.vertices), 2), name
 
 
 def test_export_errors_are_one_line(background_jobs):
@@ -466,3 +501,7 @@ def test_export_errors_are_one_line(background_jobs):
                         "config.json not found")
   steps = ", ".join(str(s) for s in range(CHECKPOINT_EVERY, STEPS + 1, CHECKPOINT_EVERY))
   assert_one_line_error(background_jobs["export_unknown_step"][0], "step 5", steps)
+  assert_one_line_error(background_jobs["export_bad_format"][0], "--format", "'stl'",
+                        "ply, obj, glb")
+  assert_one_line_error(background_jobs["export_bad_texture_size"][0], "--texture_size",
+                        "[16, 8192]", "got 8")

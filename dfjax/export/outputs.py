@@ -1,12 +1,15 @@
-"""A run's outputs: a coloured mesh by marching cubes and a turntable video.
+"""A run's outputs: meshes by marching cubes and a turntable video.
 
 The mesh is the level set τ = threshold of the density field (DreamFusion §4, "after
-optimisation": marching cubes, `export.mesh`), with vertices in world units and vertex colours
-from the albedo; the video (`export.video`) shows colour, normals and textureless renders side
-by side, orbiting at a fixed elevation from the front.
+optimisation": marching cubes, `export.mesh`), with vertices in world units. mesh.ply carries
+the albedo as vertex colours; mesh.glb and mesh.obj (+ mesh.mtl, mesh_albedo.png) are
+simplified to a face budget, UV-unwrapped and carry it as a baked texture (`export.texture`).
+The video (`export.video`) shows colour, normals and textureless renders side by side,
+orbiting at a fixed elevation from the front.
 
-Data flow: train.model (the scene and its previews), export.mesh and export.video -> here ->
-dfjax.run (the end-of-training export) and the export CLI (`python -m dfjax.export`).
+Data flow: train.model (the scene and its previews), export.mesh, export.texture and
+export.video -> here -> dfjax.run (the end-of-training export) and the export CLI
+(`python -m dfjax.export`).
 """
 from __future__ import annotations
 
@@ -18,14 +21,14 @@ import numpy as np
 
 from dfjax.errors import UserError
 from dfjax.export import mesh as mesh_lib
+from dfjax.export import texture as texture_lib
 from dfjax.export import video as video_lib
+from dfjax.train import config_checks
 from dfjax.train import model as model_lib
 
 
-MESH_FILES = ("mesh.ply", "mesh.glb")
-
-
-VIDEO_FILE = "turntable.gif"
+MESH_NAME = "mesh"  # mesh.<format>
+VIDEO_NAME = "turntable"  # turntable.<video_format>
 
 
 def turntable_frames(scene, params, *, step: int) -> np.ndarray:
@@ -40,14 +43,41 @@ def turntable_frames(scene, params, *, step: int) -> np.ndarray:
   return video_lib.side_by_side(videos)
 
 
+def write_meshes(mesh: mesh_lib.Mesh, albedo_fn, workdir: str, *, formats, texture_size: int,
+                 faces: int) -> tuple[list[str], str]:
+  """Writes mesh.<format> for each format: the PLY with vertex colours first (it cannot
+  fail), then the textured OBJ / GLB, simplified and unwrapped once for both.
+
+  Returns:
+    (the paths written, a summary of the mesh for the log line).
+  """
+  written, summary, textured = [], f"{len(mesh.vertices)} vertices, {len(mesh.faces)} faces", None
+  for name in sorted(formats, key=lambda name: name != "ply"):
+    path = os.path.join(workdir, f"{MESH_NAME}.{name}")
+    if name == "ply":
+      mesh_lib.write_mesh(mesh, path)
+      written.append(path)
+      continue
+    if textured is None:
+      textured = texture_lib.textured_mesh(mesh, albedo_fn, texture_size=texture_size,
+                                           max_faces=faces)
+      summary += f" ({len(textured.faces)} textured)"
+    written += texture_lib.write_textured_mesh(textured, path)
+  return written, summary
+
+
 def export_run(scene, params, workdir: str, *, step: int, resolution: int | None = None,
-               threshold: float | None = None, video: bool = True,
-               strict: bool = True) -> list[str]:
-  """Write mesh.ply, mesh.glb and the turntable video of `params` into `workdir`.
+               threshold: float | None = None, formats: str | None = None,
+               texture_size: int | None = None, faces: int | None = None, video: bool = True,
+               video_format: str | None = None, strict: bool = True) -> list[str]:
+  """Write mesh.<format> for each format and the turntable video of `params` into `workdir`.
 
   Args:
-    strict: raise when no surface is found; otherwise print why, skip the mesh and still
-      write the video (the end of training uses this, so a run is never lost to export).
+    resolution, threshold, formats, texture_size, faces, video_format: override the run's
+      `export` config fields of the same names.
+    strict: raise when no surface is found or the textured mesh fails; otherwise print why,
+      skip the rest of the meshes and still write the video (the end of training uses this,
+      so a run is never lost to export).
 
   Returns:
     The paths written.
@@ -56,22 +86,21 @@ def export_run(scene, params, workdir: str, *, step: int, resolution: int | None
   field_fn = functools.partial(scene.field.apply, params["field"])
   density_fn, albedo_fn = mesh_lib.point_fns_from_field(
       field_fn, sample_variance=float(model_lib.cov_scale_at(step, scene.config)))
+  formats = config_checks.export_formats(formats or e.formats, name="export formats")
   written, summary = [], "no mesh"
   try:
     mesh = mesh_lib.extract_mesh(density_fn, albedo_fn, resolution=resolution or e.resolution,
                                  bound=e.bound, threshold=threshold or e.threshold)
+    written, summary = write_meshes(mesh, albedo_fn, workdir, formats=formats,
+                                    texture_size=texture_size or e.texture_size,
+                                    faces=e.faces if faces is None else faces)
   except UserError as error:
     if strict:
       raise
     print(f"warning: mesh skipped: {error}; re-export with python -m dfjax.export "
-          f"--workdir={workdir} --threshold=T", flush=True)
-  else:
-    summary = f"{len(mesh.vertices)} vertices, {len(mesh.faces)} faces"
-    for name in MESH_FILES:
-      mesh_lib.write_mesh(mesh, os.path.join(workdir, name))
-      written.append(os.path.join(workdir, name))
+          f"--workdir={workdir} and the flags named above", flush=True)
   if video:
-    path = os.path.join(workdir, VIDEO_FILE)
+    path = os.path.join(workdir, f"{VIDEO_NAME}.{video_format or e.video_format}")
     video_lib.write_video(turntable_frames(scene, params, step=step), path, fps=20)
     written.append(path)
   print(f"exported {summary} at step {step}: "

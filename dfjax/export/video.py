@@ -5,8 +5,9 @@ is the object's front, +z up; see dfjax.scene.cameras), one frame per equal azim
 starting at the front. Frames are rendered by the caller; this module only places the cameras
 and writes the frames:
   * .gif through Pillow, which is always installed;
-  * .mp4 / .mov / .mkv (H.264) through imageio's ffmpeg plugin, which needs the separate
-    `imageio-ffmpeg` package (it bundles an ffmpeg executable).
+  * .mp4 / .mov / .mkv (H.264) through imageio's ffmpeg plugin and the `imageio-ffmpeg`
+    package (a dependency of dfjax; it bundles an ffmpeg executable, so no system ffmpeg is
+    needed).
 
 Data flow: scene.cameras -> here -> export.outputs.
 """
@@ -131,5 +132,19 @@ def _write_gif(frames: np.ndarray, path: str, *, fps: float) -> None:
 def _write_ffmpeg(frames: np.ndarray, path: str, *, fps: float) -> None:
   pad_rows, pad_columns = frames.shape[1] % 2, frames.shape[2] % 2
   frames = np.pad(frames, ((0, 0), (0, pad_rows), (0, pad_columns), (0, 0)), mode="edge")
-  imageio.mimwrite(path, list(frames), format="FFMPEG", fps=fps, quality=8,
-                   pixelformat="yuv420p", macro_block_size=2)
+  # imageio-ffmpeg starts ffmpeg with preexec_fn=os.setpgrp (to keep Ctrl-C from it), so Python
+  # runs in the forked child, and JAX prints a fork warning whenever its backend is up. Without
+  # it the start is a plain fork + exec; ffmpeg then also gets Ctrl-C and stops with us.
+  previous = os.environ.get(_NO_PREVENT_SIGINT)
+  os.environ[_NO_PREVENT_SIGINT] = "1"
+  try:
+    imageio.mimwrite(path, list(frames), format="FFMPEG", fps=fps, quality=8,
+                     pixelformat="yuv420p", macro_block_size=2)
+  finally:
+    if previous is None:
+      del os.environ[_NO_PREVENT_SIGINT]
+    else:
+      os.environ[_NO_PREVENT_SIGINT] = previous
+
+
+_NO_PREVENT_SIGINT = "IMAGEIO_FFMPEG_NO_PREVENT_SIGINT"

@@ -51,6 +51,53 @@ def _choice(config, name: str, choices):
                     f"got {value!r}")
 
 
+EXPORT_FORMATS = ("ply", "obj", "glb")  # ply: vertex colours; obj, glb: UV texture
+VIDEO_FORMATS = ("mp4", "gif")
+TEXTURE_SIZES = (16, 8192)  # texels per side, inclusive
+
+
+def export_formats(value, *, name: str) -> tuple[str, ...]:
+  """A comma-separated list of mesh formats, e.g. "glb,ply" -> ("glb", "ply").
+
+  `name` is the config field or flag the value came from, for the error message.
+  """
+  formats = tuple(f.strip().lower() for f in str(value).split(",") if f.strip())
+  if not formats:
+    raise UserError(f"{name} is empty: list mesh formats, e.g. glb,ply (from "
+                    f"{', '.join(EXPORT_FORMATS)})")
+  unknown = [f for f in formats if f not in EXPORT_FORMATS]
+  if unknown:
+    raise UserError(f"{name}={value!r}: unknown mesh format {unknown[0]!r}; use a "
+                    f"comma-separated list of {', '.join(EXPORT_FORMATS)}")
+  if len(set(formats)) < len(formats):
+    raise UserError(f"{name}={value!r} names a format twice")
+  return formats
+
+
+def check_texture_size(value, *, name: str) -> None:
+  low, high = TEXTURE_SIZES
+  if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not (
+      low <= value <= high):
+    raise UserError(f"{name} must be an integer in [{low}, {high}] (texels per side), got "
+                    f"{value!r}")
+
+
+def check_face_budget(value, *, name: str) -> None:
+  if isinstance(value, bool) or not isinstance(value, numbers.Integral) or (0 < value < 4) or (
+      value < 0):
+    raise UserError(f"{name} must be 0 (no simplification) or at least 4 faces, got {value!r}")
+
+
+def check_export(export, *, prefix: str = "config.export.") -> None:
+  """The textured-export and video fields of an `export` sub-config."""
+  export_formats(export.formats, name=f"{prefix}formats")
+  check_texture_size(export.texture_size, name=f"{prefix}texture_size")
+  check_face_budget(export.faces, name=f"{prefix}faces")
+  if export.video_format not in VIDEO_FORMATS:
+    raise UserError(f"{prefix}video_format must be one of "
+                    f"{', '.join(map(repr, VIDEO_FORMATS))}; got {export.video_format!r}")
+
+
 def check_config(config) -> None:
   """Raise UserError naming the first field with a value that cannot work."""
   for name in ("camera.resolution", "field.num_blocks", "field.hidden_units", "field.max_deg",
@@ -79,6 +126,7 @@ def check_config(config) -> None:
   _choice(config, "background.kind", ("mlp", "fixed"))
   _choice(config, "render.normals", ("autodiff", "finite_difference"))
   _choice(config, "optimizer.name", ("adam",))
+  check_export(config.export)
 
 
 def check_paths(config) -> None:

@@ -13,6 +13,7 @@ import os
 import jax
 import ml_collections
 
+from configs import dreamfusion
 from dfjax.errors import UserError
 from dfjax.train import checkpoint as checkpoint_lib
 from dfjax.train import model as model_lib
@@ -20,11 +21,20 @@ from dfjax.train import step as step_lib
 
 
 def load_run_config(workdir: str) -> ml_collections.ConfigDict:
+  """The config a run saved in WORKDIR/config.json.
+
+  Export fields added to dfjax after the run was made (the textured formats, the video format)
+  take the defaults of configs/dreamfusion.py, so older runs still export.
+  """
   path = os.path.join(workdir, "config.json")
   if not os.path.isfile(path):
     raise UserError(f"{path} not found: --workdir must be a dfjax run directory")
   with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
+    config = ml_collections.ConfigDict(json.load(f))
+  for key, value in dreamfusion.export_config().items():
+    if key not in config.export:
+      config.export[key] = value
+  return config
 
 
 def restore_params(config, workdir: str, *, step: int | None):
