@@ -1,6 +1,7 @@
 """Mip-NeRF encodings against Monte Carlo estimates over the frustum and over the Gaussian."""
 import math
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -103,3 +104,19 @@ def test_positional_encoding_layout():
       np.sin([0.25, -1.0, 2.0, 0.5, -2.0, 4.0]),
       np.cos([0.25, -1.0, 2.0, 0.5, -2.0, 4.0])])
   np.testing.assert_allclose(out[0], expected, atol=1e-6)
+
+
+def test_the_empty_interval_at_the_origin_has_zero_moments_not_nan():
+  t_mean, t_var, r_var = mip.conical_frustum_moments(jnp.zeros(3), jnp.zeros(3),
+                                                     jnp.full((1,), 1e-3))
+  for moment in (t_mean, t_var, r_var):
+    np.testing.assert_array_equal(np.asarray(moment), 0.0)
+  grad = jax.grad(lambda t: sum(jnp.sum(m) for m in mip.conical_frustum_moments(
+      t, t, jnp.full((1,), 1e-3))))(jnp.zeros(3))
+  assert np.all(np.isfinite(np.asarray(grad)))
+  # A nonempty interval is unchanged by the guard: the closed form at t = [1, 3], radius 0.1.
+  t_mean, t_var, r_var = mip.conical_frustum_moments(jnp.array([1.0]), jnp.array([3.0]),
+                                                     jnp.array([0.1]))
+  mu, hw = 2.0, 1.0
+  np.testing.assert_allclose(float(t_mean[0]), mu + 2 * mu * hw**2 / (3 * mu**2 + hw**2),
+                             rtol=1e-6)

@@ -241,3 +241,25 @@ def test_render_gradient_matches_finite_differences_in_float64():
       numeric = (loss(unravel(flat + eps * direction), frozen_weights)
                  - loss(unravel(flat - eps * direction), frozen_weights)) / (2 * eps)
       np.testing.assert_allclose(float(grad @ direction), float(numeric), rtol=1e-6)
+
+
+def test_a_ray_that_misses_the_sphere_from_outside_renders_the_background_without_nan():
+  # Origin (0, 0, 2) outside the bound sphere, pointing away: near = far = 0, and Mip-NeRF's
+  # frustum moments (cov_scale=None) used to divide 0 by 0.
+  rays = cameras.Rays(origins=jnp.array([[0.0, 0.0, 2.0]]),
+                      directions=jnp.array([[0.0, 0.0, 1.0]]), radii=jnp.array([[1e-3]]))
+  near, far = render.intersect_sphere(rays.origins, rays.directions, BOUND)
+  assert float(near[0]) == float(far[0]) == 0.0
+  nerf = field.NeRFField(num_blocks=1, hidden_units=8, max_deg=4)
+  params = nerf.init(jax.random.PRNGKey(0), jnp.zeros((1, 3)), jnp.ones((1, 3)))
+
+  def rgb_sum(p):
+    out = render.render_rays(rays, field_fn=functools.partial(nerf.apply, p), background_fn=WHITE,
+                             shading=shading.Shading.albedo_only(), key=jax.random.PRNGKey(0),
+                             num_samples=8, bound_radius=BOUND, cov_scale=None, randomized=False)
+    return jnp.sum(out.rgb), out
+
+  (_, out), grads = jax.value_and_grad(rgb_sum, has_aux=True)(params)
+  np.testing.assert_array_equal(np.asarray(out.rgb), [[1.0, 1.0, 1.0]])  # the background
+  assert float(out.accumulated_alpha[0]) == 0.0 and float(out.depth[0]) == 0.0
+  assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grads))

@@ -32,6 +32,10 @@ def conical_frustum_moments(t0: jax.Array, t1: jax.Array, base_radius: jax.Array
   hw = 0.5 * (t1 - t0)
   mu2, hw2 = mu**2, hw**2
   denom = 3.0 * mu2 + hw2
+  # denom = 0 only for the empty interval t0 = t1 = 0 (a ray that misses the bounding sphere
+  # from outside gets near = far = 0), where every numerator below is 0 too: its moments are
+  # 0, not 0/0. Replacing the denominator (not the result) keeps the gradient finite as well.
+  denom = jnp.where(denom > 0, denom, 1.0)
   t_mean = mu + 2.0 * mu * hw2 / denom
   t_var = hw2 / 3.0 - (4.0 / 15.0) * hw2**2 * (12.0 * mu2 - hw2) / denom**2
   r_var = base_radius**2 * (mu2 / 4.0 + (5.0 / 12.0) * hw2 - (4.0 / 15.0) * hw2**2 / denom)
