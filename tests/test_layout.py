@@ -20,7 +20,7 @@ LAYERS = (
     ("dfjax.priors", ("diffusion", "sds", "bank", "sd_checkpoint", "stable_diffusion")),
     ("dfjax.toy", ("sdf", "objects", "truth", "banks")),
     ("dfjax.train", ("config_checks", "model", "prior_setup", "step", "checkpoint", "logs",
-                     "loop", "restore")),
+                     "compile_cache", "loop", "restore")),
     ("dfjax.export", ("mesh", "video", "texture", "outputs")),
     ("dfjax.mesh_sds", ("rasterize", "regularizers", "refine")),
     ("dfjax.run", ()),

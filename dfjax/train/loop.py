@@ -19,6 +19,7 @@ import jax
 
 from dfjax.errors import UserError
 from dfjax.train import checkpoint as checkpoint_lib
+from dfjax.train import compile_cache
 from dfjax.train import logs
 from dfjax.train import model as model_lib
 from dfjax.train import prior_setup
@@ -112,6 +113,7 @@ def initial_state(scene: model_lib.Scene, optimizer, mesh, checkpointer, workdir
 
 def train(config, workdir: str, *, allow_config_change: bool = False) -> Trained:
   """Train from scratch or resume the run in `workdir` until `config.train.steps`."""
+  compile_cache.enable_compilation_cache()
   primary = jax.process_index() == 0
   scene = prepare_run(config, workdir, allow_config_change=allow_config_change,
                       primary=primary)

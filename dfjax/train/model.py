@@ -76,6 +76,7 @@ def create_scene(config, prior, *, camera_kwargs: dict) -> Scene:
 
 
 def init_params(scene: Scene, key: jax.Array):
+  """Fresh parameters: {"field": ..., and "background": ... for an environment-map MLP}."""
   k_field, k_background = jax.random.split(key)
   params = {"field": scene.field.init(k_field, jnp.zeros((1, 3)), jnp.ones((1, 3)))}
   if scene.background is not None:

@@ -65,6 +65,7 @@ def create_optimizer(config) -> optax.GradientTransformation:
 
 
 def create_train_state(scene: model_lib.Scene, optimizer, key: jax.Array) -> TrainState:
+  """Step 0: fresh parameters (`model.init_params`) and the optimizer's initial state."""
   params = model_lib.init_params(scene, key)
   return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                     opt_state=optimizer.init(params),
