@@ -11,14 +11,13 @@ missing bank or model, a workdir that holds another run) stops with one line on 
 
 Data flow: the top: the entry point over dfjax.run (train, then export).
 """
-import os
-
 from absl import flags
 from ml_collections import config_flags
 
 from dfjax import cli
 from dfjax.errors import UserError
 from dfjax.train import config_checks
+from dfjax.train import distributed
 
 FLAGS = flags.FLAGS
 
@@ -30,6 +29,15 @@ def define_flags():
   flags.DEFINE_string("workdir", None, "Run directory: checkpoints, logs, mesh and video.")
   flags.DEFINE_bool("allow_config_change", False,
                     "Continue a run in --workdir with a config that differs from the saved one.")
+  # Several processes (see dfjax.train.distributed; TPU pods and SLURM/MPI need none of these).
+  flags.DEFINE_string("coordinator_address", None,
+                      "host:port of process 0 (default: $JAX_COORDINATOR_ADDRESS).")
+  flags.DEFINE_integer("num_processes", None, "Processes in the run ($DFJAX_NUM_PROCESSES).")
+  flags.DEFINE_integer("process_id", None, "This process's index ($DFJAX_PROCESS_ID).")
+  flags.DEFINE_integer("heartbeat_timeout", None,
+                       "Seconds before a silent process counts as dead and the others stop "
+                       f"(default {distributed.DEFAULT_HEARTBEAT_TIMEOUT_SECONDS}; "
+                       "$DFJAX_HEARTBEAT_TIMEOUT).")
 
 
 def main(argv):
@@ -49,9 +57,12 @@ def main(argv):
     from dfjax.train import checkpoint  # pylint: disable=g-import-not-at-top
     checkpoint.prepare_workdir(FLAGS.workdir, config.to_json(sort_keys=True),
                                allow_config_change=FLAGS.allow_config_change, primary=False)
-    import jax  # pylint: disable=g-import-not-at-top
-    if config.multihost or os.environ.get("DFJAX_MULTIHOST") == "1":
-      jax.distributed.initialize()
+    cluster = distributed.cluster_from(
+        multihost=config.multihost, coordinator_address=FLAGS.coordinator_address,
+        num_processes=FLAGS.num_processes, process_id=FLAGS.process_id,
+        heartbeat_timeout_seconds=FLAGS.heartbeat_timeout)
+    if cluster is not None:
+      distributed.initialize(cluster)
     from dfjax import run  # pylint: disable=g-import-not-at-top
     run.train_and_evaluate(config, FLAGS.workdir, allow_config_change=FLAGS.allow_config_change)
 

@@ -19,8 +19,8 @@ LAYERS = (
     ("dfjax.scene", ("cameras", "mip", "field", "shading", "background", "render", "losses")),
     ("dfjax.priors", ("diffusion", "sds", "bank", "sd_checkpoint", "stable_diffusion")),
     ("dfjax.toy", ("sdf", "objects", "truth", "banks")),
-    ("dfjax.train", ("config_checks", "model", "prior_setup", "step", "checkpoint", "logs",
-                     "compile_cache", "loop", "restore")),
+    ("dfjax.train", ("config_checks", "distributed", "model", "prior_setup", "step",
+                     "checkpoint", "logs", "compile_cache", "loop", "restore")),
     ("dfjax.export", ("mesh", "video", "texture", "outputs")),
     ("dfjax.mesh_sds", ("rasterize", "regularizers", "refine")),
     ("dfjax.run", ()),
@@ -31,6 +31,7 @@ LAYERS = (
     ("dfjax.evaluate", ()),
     ("dfjax.export.__main__", ()),
     ("dfjax.mesh_sds.__main__", ()),
+    ("dfjax.launch", ()),  # starts several `dfjax.main` processes (imports none of dfjax)
 )
 
 

@@ -10,6 +10,13 @@ later. This module keeps everything that makes a run resumable and is independen
   to `<step>.orbax-checkpoint-tmp` and renamed when complete, so a save killed half way is
   never mistaken for a checkpoint; such leftovers are deleted when the next run starts.
 * `install_sigterm_handler` turns SIGTERM (and Ctrl-C) into a flag the train loop polls.
+* `Checkpointer.restore_latest` skips a latest checkpoint that does not read back (files cut
+  short or corrupted), with a warning, and restores the one before it.
+* A save that cannot be written (a full disk, an unwritable directory) stops with a one-line
+  `UserError`; the earlier checkpoints are left as they were.
+
+Every file goes through `etils.epath`, so the workdir may be a bucket (`gs://...`) as well as a
+local or mounted path.
 
 How the train loop uses them::
 
@@ -31,29 +38,36 @@ the same step, but SIGTERM reaches the hosts at different times, so a local flag
 There `install_sigterm_handler` installs nothing (JAX's preemption service owns SIGTERM) and
 `Checkpointer.reached_preemption(step)` returns True on every host at one agreed step. On a
 single process it is always False and the signal flag does the work. `prepare_workdir` must
-then be called with `primary=(jax.process_index() == 0)`; the workdir must be a shared POSIX
-path (NFS, a mounted bucket).
+then be called with `primary=(jax.process_index() == 0)`; the workdir must be storage every
+process sees (NFS, a bucket).
 
-Data flow: orbax, independent of the model -> here -> train.loop, train.restore, dfjax.main.
+Data flow: orbax, train.distributed, independent of the model -> here -> train.loop,
+train.restore, dfjax.main.
 """
+import contextlib
 import dataclasses
 import json
 import os
 import signal
-import tempfile
+import sys
 import threading
+import uuid
 from typing import Any
 
+from etils import epath
 import jax
 import orbax.checkpoint as ocp
 
-from dfjax.errors import UserError
+from dfjax.errors import UserError, one_line
+from dfjax.train import distributed
 
 CONFIG_FILENAME = "config.json"
 CHECKPOINT_SUBDIR = "checkpoints"
 # Dotted config paths that may differ between a run and its continuation. A larger
 # `train.steps` extends a finished run; everything else changes what is being optimised.
 RESUMABLE_KEYS = ("train.steps",)
+# config.json is written as a temporary file of this prefix, then renamed.
+_TMP_PREFIX = ".tmp-"
 # How many differing fields the error message names before "and N more".
 _MAX_LISTED_DIFFERENCES = 4
 
@@ -100,28 +114,30 @@ def _short_repr(value: Any, limit: int = 40) -> str:
   return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
-def _write_atomically(path: str, text: str) -> None:
+def as_path(path: str | os.PathLike) -> epath.Path:
+  """An epath.Path: a local path made absolute, or a URL such as gs://bucket/run."""
+  text = os.fspath(path)
+  return epath.Path(text if "://" in text else os.path.abspath(text))
+
+
+def _write_atomically(path: epath.Path, text: str) -> None:
   """Writes `text` to `path` through a temporary file and a rename, so readers never see
-  half a file (POSIX rename is atomic within one filesystem)."""
-  directory = os.path.dirname(path)
-  descriptor, tmp_path = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".json")
+  half a file (a rename is atomic within one POSIX filesystem; an object store writes whole
+  objects anyway)."""
+  tmp_path = path.parent / f"{_TMP_PREFIX}{uuid.uuid4().hex}.json"
   try:
-    with os.fdopen(descriptor, "w") as tmp_file:
-      tmp_file.write(text)
-      tmp_file.flush()
-      os.fsync(tmp_file.fileno())
-    os.replace(tmp_path, path)
+    tmp_path.write_text(text)
+    tmp_path.replace(path)
   except BaseException:
-    if os.path.exists(tmp_path):
-      os.remove(tmp_path)
+    if tmp_path.exists():
+      tmp_path.unlink()
     raise
 
 
-def _read_existing_config(config_path: str) -> dict | None:
+def _read_existing_config(config_path: epath.Path) -> dict | None:
   """The parsed config.json of an existing run, or None when it is not valid JSON."""
   try:
-    with open(config_path) as config_file:
-      return json.load(config_file)
+    return json.loads(config_path.read_text())
   except (json.JSONDecodeError, UnicodeDecodeError):
     return None
 
@@ -150,11 +166,12 @@ def prepare_workdir(workdir: str, config_json: str, *, allow_config_change: bool
   new_config = json.loads(config_json)
   if not isinstance(new_config, dict):
     raise ValueError(f"config_json must encode a JSON object, got {type(new_config).__name__}")
-  if os.path.exists(workdir) and not os.path.isdir(workdir):
+  workdir_path = as_path(workdir)
+  if workdir_path.exists() and not workdir_path.is_dir():
     raise UserError(f"--workdir {workdir} is an existing file, not a directory; "
                     "choose a directory path")
-  config_path = os.path.join(workdir, CONFIG_FILENAME)
-  if os.path.isfile(config_path):
+  config_path = workdir_path / CONFIG_FILENAME
+  if config_path.is_file():
     old_config = _read_existing_config(config_path)
     if old_config == new_config:
       return
@@ -169,11 +186,13 @@ def prepare_workdir(workdir: str, config_json: str, *, allow_config_change: bool
       raise UserError(f"--workdir {workdir} holds a run with a different config ({listed}); "
                       "pass --allow_config_change to continue it with the new config, "
                       "or use a new --workdir")
-  elif os.path.isdir(workdir) and os.listdir(workdir):
+  elif workdir_path.is_dir() and any(not child.name.startswith(_TMP_PREFIX)
+                                     for child in workdir_path.iterdir()):
+    # (Process 0 of a multi-process run may be writing config.json at this moment.)
     raise UserError(f"--workdir {workdir} is a non-empty directory without {CONFIG_FILENAME}, "
                     "so it is not a dfjax run; use a new or empty --workdir")
   if primary:
-    os.makedirs(workdir, exist_ok=True)
+    workdir_path.mkdir(parents=True, exist_ok=True)
     _write_atomically(config_path, json.dumps(new_config, indent=2, sort_keys=True) + "\n")
 
 
@@ -277,6 +296,26 @@ def _shape_mismatches(saved_tree: Any, target: Any) -> list[str]:
           for name in names if saved.get(name) != wanted.get(name)]
 
 
+class CheckpointMismatch(UserError):
+  """A checkpoint that reads back but does not fit the current model (the config changed)."""
+
+
+def _os_error_in(error: BaseException) -> OSError | None:
+  """The OSError that caused `error` (itself, a cause or context, or one in a group)."""
+  seen = set()
+  pending = [error]
+  while pending:
+    current = pending.pop()
+    if current is None or id(current) in seen:
+      continue
+    seen.add(id(current))
+    if isinstance(current, OSError):
+      return current
+    pending.extend([current.__cause__, current.__context__,
+                    *getattr(current, "exceptions", ())])
+  return None
+
+
 class Checkpointer:
   """Saves and restores the train state under WORKDIR/checkpoints with orbax.
 
@@ -299,7 +338,9 @@ class Checkpointer:
     """
     if save_every <= 0 or keep <= 0:
       raise UserError(f"save_every ({save_every}) and keep ({keep}) must be positive")
-    self.directory = os.path.join(os.path.abspath(workdir), CHECKPOINT_SUBDIR)
+    self.directory = as_path(workdir) / CHECKPOINT_SUBDIR
+    self._saving_step = None     # the step of the save in flight, for error messages
+    self._save_failed = False
     policies = ocp.checkpoint_managers
     options = ocp.CheckpointManagerOptions(
         save_decision_policy=policies.AnySavePolicy([
@@ -340,10 +381,39 @@ class Checkpointer:
     if step in self._manager.all_steps():
       return False
     meta = {"step": step, **(metadata or {})}
-    return self._manager.save(
-        step, force=force,
-        args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                meta=ocp.args.JsonSave(meta)))
+    with self._storage_errors(step):
+      started = self._manager.save(
+          step, force=force,
+          args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                  meta=ocp.args.JsonSave(meta)))
+    if started:
+      self._saving_step = step
+    return started
+
+  @contextlib.contextmanager
+  def _storage_errors(self, step: int | None):
+    """A save that fails on storage (full disk, no permission, read-only) as one UserError.
+
+    Saves are asynchronous, so the error of one save may surface in the next `save` or in
+    `wait`; `step` names the save it belongs to. A failed save never replaces or deletes an
+    earlier checkpoint (orbax renames a save into place only once it is complete).
+    """
+    try:
+      yield
+    except UserError:
+      raise
+    except Exception as error:  # pylint: disable=broad-except
+      os_error = _os_error_in(error)
+      if os_error is None:
+        raise
+      self._save_failed = True
+      reason = os_error.strerror or one_line(os_error)
+      kept = [s for s in self._manager.all_steps() if s != step]
+      raise UserError(
+          f"cannot write checkpoint {step if step is not None else ''} in {self.directory}: "
+          f"{reason}; the earlier checkpoints are kept "
+          f"({', '.join(map(str, sorted(kept))) or 'none'}). Free space or fix the "
+          "permissions, then run the same command to resume") from error
 
   def restore(self, target: Any, *, step: int | None = None) -> Any:
     """Restores a saved state with the structure, dtypes and shardings of `target`.
@@ -369,7 +439,7 @@ class Checkpointer:
       listed = ", ".join(mismatches[:_MAX_LISTED_DIFFERENCES])
       if len(mismatches) > _MAX_LISTED_DIFFERENCES:
         listed += f" and {len(mismatches) - _MAX_LISTED_DIFFERENCES} more"
-      raise UserError(f"checkpoint {step} in {self.directory} does not fit the current model "
+      raise CheckpointMismatch(f"checkpoint {step} in {self.directory} does not fit the current model "
                       f"({listed}); use a new --workdir")
     restore_args = ocp.args.Composite(state=ocp.args.StandardRestore(target))
     try:
@@ -378,6 +448,47 @@ class Checkpointer:
       reason = str(error).strip().splitlines()[0][:200]
       raise UserError(f"checkpoint {step} in {self.directory} does not fit the current model "
                       f"({reason}); use a new --workdir") from error
+
+  def restore_latest(self, target: Any) -> tuple[Any, int | None]:
+    """Restores the newest checkpoint that reads back: (state, its step), or (target, None)
+    when there is none.
+
+    A checkpoint that fails to read (files cut short or corrupted, say by a disk that filled
+    during the save) is renamed to `corrupt.<step>` beside the others, with a one-line warning
+    on stderr, and the one before it is tried. Every process must call this (on several
+    processes the files are shared, so all of them skip the same checkpoints).
+
+    Raises:
+      UserError: a checkpoint reads back but does not fit `target` (the model changed).
+    """
+    for step in reversed(self.all_steps()):
+      try:
+        state = self.restore(target, step=step)
+      except CheckpointMismatch:
+        raise
+      except Exception as error:  # pylint: disable=broad-except
+        print(f"warning: checkpoint {step} in {self.directory} cannot be read "
+              f"({type(error).__name__}: {one_line(error)[:200]}); it is kept as "
+              f"corrupt.{step} and the previous checkpoint is restored",
+              file=sys.stderr, flush=True)
+        self._set_aside(step)
+        continue
+      distributed.assert_same_everywhere(step, "the checkpoint to resume from")
+      return state, step
+    return target, None
+
+  def _set_aside(self, step: int) -> None:
+    """Renames checkpoint `step` to corrupt.<step>, out of orbax's sight (process 0 renames,
+    the others wait for it)."""
+    if distributed.is_primary():
+      destination = self.directory / f"corrupt.{step}"
+      if destination.exists():
+        destination.rmtree()
+      (self.directory / str(step)).rename(destination)
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      multihost_utils.sync_global_devices(f"dfjax checkpoint {step} set aside")
+    self._manager.reload()
 
   def restore_metadata(self, *, step: int | None = None) -> dict:
     """The JSON metadata saved with checkpoint `step` (default the latest)."""
@@ -396,11 +507,21 @@ class Checkpointer:
     return jax.process_count() > 1 and self._manager.reached_preemption(int(step))
 
   def wait(self) -> None:
-    """Blocks until the in-flight save (if any) is complete on disk."""
-    self._manager.wait_until_finished()
+    """Blocks until the in-flight save (if any) is complete on disk.
+
+    Raises:
+      UserError: the save could not be written (once; later calls only wait).
+    """
+    if self._save_failed:
+      with contextlib.suppress(Exception):
+        self._manager.wait_until_finished()
+      return
+    with self._storage_errors(self._saving_step):
+      self._manager.wait_until_finished()
 
   def close(self) -> None:
     """Waits for the in-flight save and releases orbax's threads."""
+    self.wait()
     self._manager.close()
 
   def __enter__(self) -> "Checkpointer":

@@ -20,6 +20,7 @@ import jax
 from dfjax.errors import UserError
 from dfjax.train import checkpoint as checkpoint_lib
 from dfjax.train import compile_cache
+from dfjax.train import distributed
 from dfjax.train import logs
 from dfjax.train import model as model_lib
 from dfjax.train import prior_setup
@@ -103,18 +104,23 @@ def prepare_run(config, workdir: str, *, allow_config_change: bool,
 def initial_state(scene: model_lib.Scene, optimizer, mesh, checkpointer, workdir: str):
   """A fresh replicated TrainState, or the latest checkpoint's. Returns (state, its step)."""
   key = jax.random.PRNGKey(scene.config.seed)
-  state = step_lib.replicate(step_lib.create_train_state(scene, optimizer, key), mesh)
-  start_step = checkpointer.latest_step() or 0
-  if start_step:
-    state = checkpointer.restore(checkpoint_lib.abstract_like(state))
-    print(f"resumed from step {start_step} in {workdir}", flush=True)
+  # The restore target: shapes, dtypes and shardings only (the checkpoint's step or a fresh
+  # state fills it), so a checkpoint written on any number of processes and devices fits.
+  state = jax.eval_shape(lambda: step_lib.create_train_state(scene, optimizer, key))
+  state = jax.tree.map(
+      lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype,
+                                        sharding=step_lib.replicated_sharding(mesh)), state)
+  state, start_step = checkpointer.restore_latest(checkpoint_lib.abstract_like(state))
+  if start_step is None:
+    return step_lib.replicate(step_lib.create_train_state(scene, optimizer, key), mesh), 0
+  print(f"resumed from step {start_step} in {workdir}", flush=True)
   return state, start_step
 
 
 def train(config, workdir: str, *, allow_config_change: bool = False) -> Trained:
   """Train from scratch or resume the run in `workdir` until `config.train.steps`."""
   compile_cache.enable_compilation_cache()
-  primary = jax.process_index() == 0
+  primary = distributed.is_primary()
   scene = prepare_run(config, workdir, allow_config_change=allow_config_change,
                       primary=primary)
   optimizer = step_lib.create_optimizer(config)

@@ -178,6 +178,16 @@ def reference_step(state: TrainState, prior_params, *, scene: model_lib.Scene, o
   return _update(state, grads, metrics, scene=scene, optimizer=optimizer)
 
 
+def replicated_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:
+  """A whole copy on every device of the mesh (every process's, on several processes)."""
+  return NamedSharding(mesh, P())
+
+
 def replicate(tree, mesh: jax.sharding.Mesh):
-  """Place every leaf, replicated, on every device of the mesh."""
-  return jax.device_put(tree, NamedSharding(mesh, P()))
+  """Place every leaf, replicated, on every device of the mesh.
+
+  On several processes each one passes its own copy of `tree` (the same values on all: they
+  come from the seed or the prior's files) and places it on its own devices; `device_put`
+  to a sharding that spans processes assembles the global array from those local copies.
+  """
+  return jax.device_put(tree, replicated_sharding(mesh))
