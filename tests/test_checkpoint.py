@@ -312,3 +312,95 @@ def test_prepare_workdir_rejects_files_and_foreign_directories(tmp_path):
     checkpoint.prepare_workdir(str(corrupt), config_json(), allow_config_change=False)
   checkpoint.prepare_workdir(str(corrupt), config_json(), allow_config_change=True)
   assert json.loads((corrupt / "config.json").read_text()) == BASE_CONFIG
+
+
+# --- damaged checkpoints and storage that fails --------------------------------------------
+
+
+def test_a_corrupt_latest_checkpoint_is_set_aside_and_the_previous_one_restored(
+    tmp_path, mesh, capsys):
+  states = {step: make_state(mesh, seed=step) for step in (10, 20)}
+  with checkpoint.Checkpointer(str(tmp_path), save_every=10, keep=3) as checkpointer:
+    for step, state in states.items():
+      checkpointer.save(step, state)
+  # Every file of the latest checkpoint overwritten with zeros (as a disk that filled, or a
+  # copy cut short, may leave it): the directory is complete, the contents are not.
+  for root, _, files in os.walk(tmp_path / "checkpoints" / "20"):
+    for name in files:
+      path = os.path.join(root, name)
+      with open(path, "wb") as f:
+        f.write(b"\0" * max(os.path.getsize(path), 1))
+  target = checkpoint.abstract_like(make_state(mesh, seed=0))
+  with checkpoint.Checkpointer(str(tmp_path), save_every=10, keep=3) as checkpointer:
+    restored, step = checkpointer.restore_latest(target)
+    assert step == 10 and checkpointer.all_steps() == [10]
+    assert_bitwise_equal(restored, states[10])
+    checkpointer.save(20, states[20])         # the step can be saved again
+  warnings = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+  assert len(warnings) == 1 and warnings[0].startswith("warning: checkpoint 20 in "), warnings
+  assert "corrupt.20" in warnings[0]
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["10", "20", "corrupt.20"]
+  # No checkpoint that reads: the target comes back with no step.
+  with checkpoint.Checkpointer(str(tmp_path / "fresh"), save_every=10, keep=3) as checkpointer:
+    assert checkpointer.restore_latest(target) == (target, None)
+
+
+def test_a_checkpoint_of_another_model_is_not_skipped(tmp_path, mesh):
+  state = make_state(mesh, seed=3)
+  with checkpoint.Checkpointer(str(tmp_path), save_every=1, keep=2) as checkpointer:
+    checkpointer.save(3, state)
+  wider = {**state.params, "bias": jnp.zeros((7,))}
+  target = checkpoint.abstract_like(
+      TrainState(step=state.step, params=wider, opt_state=optax.adam(1e-2).init(wider)))
+  with checkpoint.Checkpointer(str(tmp_path), save_every=1, keep=2) as checkpointer:
+    with pytest.raises(UserError, match="does not fit the current model"):
+      checkpointer.restore_latest(target)
+    assert checkpointer.all_steps() == [3]
+
+
+def test_a_full_disk_during_a_save_is_one_line_and_keeps_earlier_checkpoints(
+    tmp_path, mesh, monkeypatch):
+  import errno  # pylint: disable=g-import-not-at-top
+  from etils import epath  # pylint: disable=g-import-not-at-top
+  states = {step: make_state(mesh, seed=step) for step in (1, 2, 3)}
+  checkpointer = checkpoint.Checkpointer(str(tmp_path), save_every=1, keep=2)
+  for step in (1, 2):
+    checkpointer.save(step, states[step])
+  checkpointer.wait()
+  before = snapshot(tmp_path / "checkpoints")
+
+  def no_space(self, *args, **kwargs):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self))
+
+  # Every file orbax writes through epath (the JSON item, the metadata) now fails.
+  monkeypatch.setattr(type(epath.Path(str(tmp_path))), "write_text", no_space)
+  monkeypatch.setattr(type(epath.Path(str(tmp_path))), "write_bytes", no_space)
+  with pytest.raises(UserError) as error:
+    checkpointer.save(3, states[3])
+    checkpointer.wait()
+  message = str(error.value)
+  assert "\n" not in message
+  assert message.startswith(f"cannot write checkpoint 3 in {tmp_path}/checkpoints: "
+                            "No space left on device")
+  assert "earlier checkpoints are kept (1, 2)" in message
+  monkeypatch.undo()
+  checkpointer.wait()                        # the error is reported once
+  after = snapshot(tmp_path / "checkpoints")
+  for step in ("1", "2"):
+    assert {k: v for k, v in after.items() if k.startswith(step + os.sep)} == {
+        k: v for k, v in before.items() if k.startswith(step + os.sep)}
+  with checkpoint.Checkpointer(str(tmp_path), save_every=1, keep=2) as reopened:
+    assert reopened.all_steps() == [1, 2]
+    assert_bitwise_equal(reopened.restore(checkpoint.abstract_like(states[2])), states[2])
+
+
+def test_an_unwritable_workdir_is_one_line(tmp_path, mesh):
+  blocked = tmp_path / "blocked"
+  blocked.write_text("a file where the run directory should be")
+  with pytest.raises(UserError, match="is an existing file"):
+    checkpoint.prepare_workdir(str(blocked), config_json(), allow_config_change=False)
+  # A checkpoint directory that cannot be created (its parent is a file): one line too.
+  with pytest.raises(UserError) as error:
+    with checkpoint.Checkpointer(str(blocked / "run"), save_every=1, keep=1) as checkpointer:
+      checkpointer.save(1, make_state(mesh, seed=1))
+  assert "\n" not in str(error.value) and "Not a directory" in str(error.value)

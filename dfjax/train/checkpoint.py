@@ -349,10 +349,11 @@ class Checkpointer:
         preservation_policy=policies.LatestN(keep),
         cleanup_tmp_directories=True,
         enable_async_checkpointing=async_save)
-    self._manager = ocp.CheckpointManager(
-        self.directory, options=options,
-        item_handlers={"state": ocp.StandardCheckpointHandler(),
-                       "meta": ocp.JsonCheckpointHandler()})
+    with self._storage_errors(None):
+      self._manager = ocp.CheckpointManager(
+          self.directory, options=options,
+          item_handlers={"state": ocp.StandardCheckpointHandler(),
+                         "meta": ocp.JsonCheckpointHandler()})
 
   def latest_step(self) -> int | None:
     """The newest checkpoint's step (one this process is still writing included; never an
@@ -408,11 +409,14 @@ class Checkpointer:
         raise
       self._save_failed = True
       reason = os_error.strerror or one_line(os_error)
-      kept = [s for s in self._manager.all_steps() if s != step]
+      # From the directory: orbax's own list already dropped the steps this save would have
+      # replaced, but their files are deleted only after a save succeeds.
+      kept = sorted(int(p.name) for p in self.directory.iterdir()
+                    if p.name.isdigit()) if self.directory.is_dir() else []
       raise UserError(
-          f"cannot write checkpoint {step if step is not None else ''} in {self.directory}: "
-          f"{reason}; the earlier checkpoints are kept "
-          f"({', '.join(map(str, sorted(kept))) or 'none'}). Free space or fix the "
+          f"cannot write {'checkpoints' if step is None else f'checkpoint {step}'} in "
+          f"{self.directory}: {reason}; the earlier checkpoints are kept "
+          f"({', '.join(map(str, kept)) or 'none'}). Free space or fix the "
           "permissions, then run the same command to resume") from error
 
   def restore(self, target: Any, *, step: int | None = None) -> Any:
