@@ -31,7 +31,7 @@ LAYERS = (
     ("dfjax.evaluate", ()),
     ("dfjax.export.__main__", ()),
     ("dfjax.mesh_sds.__main__", ()),
-    ("dfjax.launch", ()),  # starts several `dfjax.main` processes (imports none of dfjax)
+    ("dfjax.launch", ()),  # starts several `dfjax.main` processes
 )
 
 

@@ -20,6 +20,7 @@ import sys
 import time
 from typing import Any, Mapping, TextIO
 
+from etils import epath
 import numpy as np
 import tensorboardX
 import tqdm
@@ -72,12 +73,12 @@ class MetricsWriter:
       enabled: False makes every method a no-op (processes other than 0 in a multi-host run).
     """
     self.enabled = enabled
-    self.metrics_path = os.path.join(workdir, METRICS_FILENAME)
+    self.metrics_path = epath.Path(workdir) / METRICS_FILENAME
     if not enabled:
       return
     if resume_step is not None:
       self.truncate_after(resume_step)
-    self._metrics_file = open(self.metrics_path, "a")
+    self._metrics_file = self.metrics_path.open("a")
     purge_step = None if resume_step is None else resume_step + 1
     # tensorboardX names event files by the second they were opened and truncates an existing
     # one, so a restart within the same second would erase the previous file. A nanosecond
@@ -95,10 +96,10 @@ class MetricsWriter:
     Returns:
       The number of lines dropped.
     """
-    if not self.enabled or not os.path.exists(self.metrics_path):
+    if not self.enabled or not self.metrics_path.exists():
       return 0
     kept, dropped = [], 0
-    with open(self.metrics_path) as metrics_file:
+    with self.metrics_path.open() as metrics_file:
       for line in metrics_file:
         try:
           record = json.loads(line)
@@ -110,10 +111,9 @@ class MetricsWriter:
         else:
           kept.append(line if line.endswith("\n") else line + "\n")
     if dropped:
-      tmp_path = self.metrics_path + ".tmp"
-      with open(tmp_path, "w") as tmp_file:
-        tmp_file.writelines(kept)
-      os.replace(tmp_path, self.metrics_path)
+      tmp_path = self.metrics_path.parent / (METRICS_FILENAME + ".tmp")
+      tmp_path.write_text("".join(kept))
+      tmp_path.replace(self.metrics_path)
     return dropped
 
   def write_scalars(self, step: int, metrics: Mapping[str, Any]) -> None:

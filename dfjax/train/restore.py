@@ -8,7 +8,6 @@ Data flow: train.model, train.step and train.checkpoint -> here -> export, eval,
 from __future__ import annotations
 
 import json
-import os
 
 import jax
 import ml_collections
@@ -26,11 +25,10 @@ def load_run_config(workdir: str) -> ml_collections.ConfigDict:
   Export fields added to dfjax after the run was made (the textured formats, the video format)
   take the defaults of configs/dreamfusion.py, so older runs still export.
   """
-  path = os.path.join(workdir, "config.json")
-  if not os.path.isfile(path):
+  path = checkpoint_lib.as_path(workdir) / checkpoint_lib.CONFIG_FILENAME
+  if not path.is_file():
     raise UserError(f"{path} not found: --workdir must be a dfjax run directory")
-  with open(path) as f:
-    config = ml_collections.ConfigDict(json.load(f))
+  config = ml_collections.ConfigDict(json.loads(path.read_text()))
   for key, value in dreamfusion.export_config().items():
     if key not in config.export:
       config.export[key] = value
