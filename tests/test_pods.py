@@ -315,3 +315,55 @@ def test_a_one_process_checkpoint_resumes_on_two_processes(runs, wave2):
   assert f"resumed from step {STEPS}" in extended.output("stdout")
   assert complete_steps(runs.path("on_single1"))[-1] == STEPS + CHECKPOINT_EVERY
   assert metrics_by_step(runs.path("on_single1"))[STEPS + 1]["devices"] == 4
+
+
+# ---------------------------------------------------------------------------------------------
+# The settings, without processes.
+
+
+def test_the_cluster_comes_from_flags_then_the_environment():
+  from dfjax.errors import UserError  # pylint: disable=g-import-not-at-top
+  from dfjax.train import distributed  # pylint: disable=g-import-not-at-top
+  assert distributed.cluster_from(environ={}) is None
+  assert distributed.cluster_from(multihost=True, environ={}) == distributed.Cluster()
+  assert distributed.cluster_from(environ={"DFJAX_MULTIHOST": "1"}) == distributed.Cluster()
+  environ = {"JAX_COORDINATOR_ADDRESS": "10.0.0.2:1234", "DFJAX_NUM_PROCESSES": "4",
+             "DFJAX_PROCESS_ID": "3", "DFJAX_HEARTBEAT_TIMEOUT": "20"}
+  assert distributed.cluster_from(environ=environ) == distributed.Cluster(
+      "10.0.0.2:1234", 4, 3, heartbeat_timeout_seconds=20)
+  assert distributed.cluster_from(process_id=1, coordinator_address="h:1",
+                                  environ=environ) == distributed.Cluster("h:1", 4, 1, 20)
+  for bad, fragment in [({"DFJAX_NUM_PROCESSES": "2"}, "both"),
+                        ({"DFJAX_NUM_PROCESSES": "2", "DFJAX_PROCESS_ID": "2"}, "not in [0, 2)"),
+                        ({"DFJAX_NUM_PROCESSES": "2", "DFJAX_PROCESS_ID": "1"},
+                         "coordinator's host:port"),
+                        ({"DFJAX_PROCESS_ID": "x"}, "not an integer"),
+                        ({"DFJAX_MULTIHOST": "1", "DFJAX_HEARTBEAT_TIMEOUT": "0"}, "positive")]:
+    with pytest.raises(UserError, match=re.escape(fragment)):
+      distributed.cluster_from(environ=bad)
+
+
+def test_the_launcher_gives_each_process_its_settings():
+  from dfjax import launch  # pylint: disable=g-import-not-at-top
+  env = launch.child_environment(
+      {"XLA_FLAGS": "--xla_force_host_platform_device_count=8 --other", "KEEP": "1"},
+      process_id=1, num_processes=2, address="127.0.0.1:999", devices_per_process=2,
+      heartbeat_timeout=10)
+  assert env["KEEP"] == "1" and env["JAX_PLATFORMS"] == "cpu"
+  assert env["XLA_FLAGS"].split() == ["--other", "--xla_force_host_platform_device_count=2"]
+  assert (env["JAX_COORDINATOR_ADDRESS"], env["DFJAX_NUM_PROCESSES"], env["DFJAX_PROCESS_ID"],
+          env["DFJAX_HEARTBEAT_TIMEOUT"]) == ("127.0.0.1:999", "2", "1", "10")
+  assert launch.describe_status(-9) == "was killed by SIGKILL"
+  assert launch.describe_status(2) == "exited with status 2"
+  assert 0 < launch.free_port() < 65536
+
+
+def test_the_launcher_refuses_a_bad_command_in_one_line(tmp_path):
+  env = dict(os.environ, PYTHONPATH=REPO_ROOT)
+  for args, fragment in [(["--processes=2"], "give the training flags after --"),
+                         (["--", "--config=configs/toy.py"], "--processes=N"),
+                         (["--processes=2", "--", "--process_id=1"], "set by the launcher")]:
+    result = subprocess.run([sys.executable, "-m", "dfjax.launch", *args], cwd=REPO_ROOT,
+                            env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count("\n") == 1 and fragment in result.stderr, result.stderr
