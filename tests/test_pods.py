@@ -21,7 +21,6 @@ about 1e-6 relative over the first 6 steps). Runs on the same topology are compa
 bit.
 """
 import dataclasses
-import json
 import os
 import re
 import shutil

@@ -443,8 +443,8 @@ class Checkpointer:
       listed = ", ".join(mismatches[:_MAX_LISTED_DIFFERENCES])
       if len(mismatches) > _MAX_LISTED_DIFFERENCES:
         listed += f" and {len(mismatches) - _MAX_LISTED_DIFFERENCES} more"
-      raise CheckpointMismatch(f"checkpoint {step} in {self.directory} does not fit the current model "
-                      f"({listed}); use a new --workdir")
+      raise CheckpointMismatch(f"checkpoint {step} in {self.directory} does not fit the current "
+                               f"model ({listed}); use a new --workdir")
     restore_args = ocp.args.Composite(state=ocp.args.StandardRestore(target))
     try:
       return self._manager.restore(step, args=restore_args).state
