@@ -14,6 +14,7 @@ import pytest
 from tensorboardX.proto import event_pb2
 from tensorboardX.record_writer import masked_crc32c
 
+from dfjax.train import checkpoint
 from dfjax.train import logs as logging_utils
 
 
@@ -120,6 +121,24 @@ def test_resume_drops_metrics_after_restored_step(tmp_path):
   restart = [event for event in read_events(second) if event.HasField("session_log")]
   assert [(event.step, event.session_log.status) for event in restart] == [
       (4, event_pb2.SessionLog.START)]
+
+
+def test_a_bucket_workdir_gets_whole_metrics_files_and_resumes(tmp_path, monkeypatch):
+  # An object store cannot append: the writer rewrites the whole file at every logged step.
+  # A local folder stands in for the bucket (none is reachable from the tests).
+  monkeypatch.setattr(checkpoint, "is_local", lambda path: False)
+  writer = logging_utils.MetricsWriter(str(tmp_path))
+  for step in range(1, 4):
+    writer.write_scalars(step, {"loss": step / 10})
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert [strict_json(line)["step"] for line in lines] == list(range(1, step + 1))
+  writer.close()
+  resumed = logging_utils.MetricsWriter(str(tmp_path), resume_step=2)
+  resumed.write_scalars(3, {"loss": 0.0})
+  resumed.close()
+  records = [strict_json(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  assert [(record["step"], record["loss"]) for record in records] == [(1, 0.1), (2, 0.2),
+                                                                       (3, 0.0)]
 
 
 def test_disabled_writer_writes_nothing(tmp_path):

@@ -13,9 +13,12 @@ export.video -> here -> dfjax.run (the end-of-training export) and the export CL
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
+import tempfile
 
+from etils import epath
 import jax
 import numpy as np
 
@@ -23,6 +26,7 @@ from dfjax.errors import UserError
 from dfjax.export import mesh as mesh_lib
 from dfjax.export import texture as texture_lib
 from dfjax.export import video as video_lib
+from dfjax.train import checkpoint as checkpoint_lib
 from dfjax.train import config_checks
 from dfjax.train import model as model_lib
 
@@ -66,6 +70,25 @@ def write_meshes(mesh: mesh_lib.Mesh, albedo_fn, workdir: str, *, formats, textu
   return written, summary
 
 
+@contextlib.contextmanager
+def staged_folder(workdir: str):
+  """A local folder to write a run's exports into.
+
+  The writers (trimesh, imageio, PIL) need local files. A local `workdir` is used as it is;
+  for a bucket (gs://..., any etils.epath URL) the files are written to a temporary folder
+  and copied into `workdir` through epath when the block ends.
+  """
+  if checkpoint_lib.is_local(workdir):
+    yield workdir
+    return
+  with tempfile.TemporaryDirectory() as local:
+    yield local
+    destination = epath.Path(workdir)
+    destination.mkdir(parents=True, exist_ok=True)
+    for name in sorted(os.listdir(local)):
+      epath.Path(local, name).copy(destination / name, overwrite=True)
+
+
 def export_run(scene, params, workdir: str, *, step: int, resolution: int | None = None,
                threshold: float | None = None, formats: str | None = None,
                texture_size: int | None = None, faces: int | None = None, video: bool = True,
@@ -73,6 +96,7 @@ def export_run(scene, params, workdir: str, *, step: int, resolution: int | None
   """Write mesh.<format> for each format and the turntable video of `params` into `workdir`.
 
   Args:
+    workdir: the run directory, local or a bucket URL (see `staged_folder`).
     resolution, threshold, formats, texture_size, faces, video_format: override the run's
       `export` config fields of the same names.
     strict: raise when no surface is found or the textured mesh fails; otherwise print why,
@@ -88,21 +112,24 @@ def export_run(scene, params, workdir: str, *, step: int, resolution: int | None
       field_fn, sample_variance=float(model_lib.cov_scale_at(step, scene.config)))
   formats = config_checks.export_formats(formats or e.formats, name="export formats")
   written, summary = [], "no mesh"
-  try:
-    mesh = mesh_lib.extract_mesh(density_fn, albedo_fn, resolution=resolution or e.resolution,
-                                 bound=e.bound, threshold=threshold or e.threshold)
-    written, summary = write_meshes(mesh, albedo_fn, workdir, formats=formats,
-                                    texture_size=texture_size or e.texture_size,
-                                    faces=e.faces if faces is None else faces)
-  except UserError as error:
-    if strict:
-      raise
-    print(f"warning: mesh skipped: {error}; re-export with python -m dfjax.export "
-          f"--workdir={workdir} and the flags named above", flush=True)
-  if video:
-    path = os.path.join(workdir, f"{VIDEO_NAME}.{video_format or e.video_format}")
-    video_lib.write_video(turntable_frames(scene, params, step=step), path, fps=20)
-    written.append(path)
+  with staged_folder(workdir) as folder:
+    try:
+      mesh = mesh_lib.extract_mesh(density_fn, albedo_fn, resolution=resolution or e.resolution,
+                                   bound=e.bound, threshold=threshold or e.threshold)
+      written, summary = write_meshes(mesh, albedo_fn, folder, formats=formats,
+                                      texture_size=texture_size or e.texture_size,
+                                      faces=e.faces if faces is None else faces)
+    except UserError as error:
+      if strict:
+        raise
+      print(f"warning: mesh skipped: {error}; re-export with python -m dfjax.export "
+            f"--workdir={workdir} and the flags named above", flush=True)
+    if video:
+      path = os.path.join(folder, f"{VIDEO_NAME}.{video_format or e.video_format}")
+      video_lib.write_video(turntable_frames(scene, params, step=step), path, fps=20)
+      written.append(path)
+  if not checkpoint_lib.is_local(workdir):
+    written = [str(epath.Path(workdir) / os.path.basename(path)) for path in written]
   print(f"exported {summary} at step {step}: "
         + ", ".join(os.path.basename(p) for p in written), flush=True)
   return written

@@ -114,10 +114,15 @@ def _short_repr(value: Any, limit: int = 40) -> str:
   return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
+def is_local(path: str | os.PathLike) -> bool:
+  """Whether `path` is on the local filesystem (not a URL such as gs://bucket/run)."""
+  return "://" not in os.fspath(path)
+
+
 def as_path(path: str | os.PathLike) -> epath.Path:
   """An epath.Path: a local path made absolute, or a URL such as gs://bucket/run."""
   text = os.fspath(path)
-  return epath.Path(text if "://" in text else os.path.abspath(text))
+  return epath.Path(os.path.abspath(text) if is_local(text) else text)
 
 
 def _write_atomically(path: epath.Path, text: str) -> None:

@@ -25,6 +25,8 @@ import numpy as np
 import tensorboardX
 import tqdm
 
+from dfjax.train import checkpoint as checkpoint_lib
+
 METRICS_FILENAME = "metrics.jsonl"
 TENSORBOARD_SUBDIR = "tensorboard"
 
@@ -78,7 +80,14 @@ class MetricsWriter:
       return
     if resume_step is not None:
       self.truncate_after(resume_step)
-    self._metrics_file = self.metrics_path.open("a")
+    # An object store (gs://) cannot append to a file: there the lines are kept and the whole
+    # file is written again at every logged step (a few hundred short lines per run).
+    self._metrics_file, self._lines = None, None
+    if checkpoint_lib.is_local(workdir):
+      self._metrics_file = self.metrics_path.open("a")
+    else:
+      self._lines = (self.metrics_path.read_text().splitlines(keepends=True)
+                     if self.metrics_path.exists() else [])
     purge_step = None if resume_step is None else resume_step + 1
     # tensorboardX names event files by the second they were opened and truncates an existing
     # one, so a restart within the same second would erase the previous file. A nanosecond
@@ -124,8 +133,13 @@ class MetricsWriter:
     values = {name: to_python_scalar(value) for name, value in metrics.items()}
     record = {"step": step, "time": round(time.time(), 3)}
     record.update({name: _json_number(value) for name, value in values.items()})
-    self._metrics_file.write(json.dumps(record, allow_nan=False) + "\n")
-    self._metrics_file.flush()
+    line = json.dumps(record, allow_nan=False) + "\n"
+    if self._metrics_file is not None:
+      self._metrics_file.write(line)
+      self._metrics_file.flush()
+    else:
+      self._lines.append(line)
+      self.metrics_path.write_text("".join(self._lines))
     for name, value in values.items():
       self._summary_writer.add_scalar(name, value, global_step=step)
 
@@ -150,13 +164,15 @@ class MetricsWriter:
 
   def flush(self) -> None:
     if self.enabled:
-      self._metrics_file.flush()
+      if self._metrics_file is not None:
+        self._metrics_file.flush()
       self._summary_writer.flush()
 
   def close(self) -> None:
     """Flushes and closes both outputs; later writes raise."""
     if self.enabled:
-      self._metrics_file.close()
+      if self._metrics_file is not None:
+        self._metrics_file.close()
       self._summary_writer.close()
 
 
