@@ -9,14 +9,18 @@ Every mistake in the command line (a flag, a config file, an override, a config 
 missing bank or model, a workdir that holds another run) stops with one line on stderr,
 `error: ...`, and exit status 2, before anything in the workdir changes.
 
-Data flow: the top: the entry point over dfjax.run (train, then export).
+The flags become a config (ml_collections' config flag, the command line's counterpart of
+`dfjax.api.config`), and `dfjax.api.train` does the rest: the checks, then training and
+export, exactly as a notebook's call does. On several processes the flags (or the
+environment) also say how this process joins the run (`dfjax.train.distributed`).
+
+Data flow: the top: the entry point over dfjax.api (checks, train, then export).
 """
 from absl import flags
 from ml_collections import config_flags
 
 from dfjax import cli
 from dfjax.errors import UserError
-from dfjax.train import config_checks
 from dfjax.train import distributed
 
 FLAGS = flags.FLAGS
@@ -49,22 +53,13 @@ def main(argv):
       raise UserError("--config is required, e.g. --config=configs/toy.py")
     if not FLAGS.workdir:
       raise UserError("--workdir is required, e.g. --workdir=runs/toy")
-    config = FLAGS.config
-    config_checks.check_config(config)
-    config_checks.check_paths(config)
-    # Refuse a workdir that holds another run before loading anything slow (the trainer
-    # checks again, as a library entry point must).
-    from dfjax.train import checkpoint  # pylint: disable=g-import-not-at-top
-    checkpoint.prepare_workdir(FLAGS.workdir, config.to_json(sort_keys=True),
-                               allow_config_change=FLAGS.allow_config_change, primary=False)
     cluster = distributed.cluster_from(
-        multihost=config.multihost, coordinator_address=FLAGS.coordinator_address,
+        multihost=FLAGS.config.multihost, coordinator_address=FLAGS.coordinator_address,
         num_processes=FLAGS.num_processes, process_id=FLAGS.process_id,
         heartbeat_timeout_seconds=FLAGS.heartbeat_timeout)
-    if cluster is not None:
-      distributed.initialize(cluster)
-    from dfjax import run  # pylint: disable=g-import-not-at-top
-    run.train_and_evaluate(config, FLAGS.workdir, allow_config_change=FLAGS.allow_config_change)
+    from dfjax import api  # pylint: disable=g-import-not-at-top
+    api.train(FLAGS.config, FLAGS.workdir, allow_config_change=FLAGS.allow_config_change,
+              cluster=cluster)
 
 
 if __name__ == "__main__":

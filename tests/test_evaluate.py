@@ -11,9 +11,8 @@ import numpy as np
 import pytest
 
 import clip_fixtures
-from configs import bank as bank_config
+from dfjax import api
 from dfjax import evaluate
-from dfjax import run as run_lib
 from dfjax.eval import clip_eval
 from dfjax.priors import bank as bank_lib
 from dfjax.scene import cameras
@@ -37,7 +36,8 @@ def clip_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-  """A run of configs/bank.py trained for 2 steps on a tiny random bank."""
+  """A run of configs/bank.py trained for 2 steps on a tiny random bank (through dfjax.api,
+  as `python -m dfjax.main` trains)."""
   directory = tmp_path_factory.mktemp("eval_run")
   rng = np.random.default_rng(0)
   azimuth, elevation = rng.uniform(0, 360, 16), rng.uniform(-10, 70, 16)
@@ -48,15 +48,12 @@ def run_dir(tmp_path_factory):
                      images=rng.integers(0, 256, (16, RESOLUTION, RESOLUTION, 3), np.uint8),
                      prompts=np.array([PROMPT] * 8 + ["another thing"] * 8), c2w=c2w,
                      fov_deg=np.full(16, 50.0, np.float32))
-  config = bank_config.get_config()
-  config.prompt = PROMPT
-  config.prior.bank = str(directory / "bank.npz")
-  config.field.num_blocks, config.field.hidden_units, config.field.max_deg = 1, 8, 2
-  config.render.num_samples = 8
-  config.train.steps = config.train.checkpoint_every = 2
-  config.train.image_every = 0
-  config.export.at_end = False
-  run_lib.train_and_evaluate(config, str(directory / "run"))
+  config = api.config("bank", prompt=PROMPT, prior__bank=str(directory / "bank.npz"),
+                      field__num_blocks=1, field__hidden_units=8, field__max_deg=2,
+                      render__num_samples=8, train__steps=2, train__checkpoint_every=2,
+                      train__image_every=0, export__at_end=False)
+  result = api.train(config, str(directory / "run"), progress=False)
+  assert result.finished and result.step == 2 and not result.meshes and result.video is None
   (directory / "captions.txt").write_text("\n".join(CAPTIONS) + "\n")
   return directory
 

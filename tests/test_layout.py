@@ -24,6 +24,7 @@ LAYERS = (
     ("dfjax.export", ("mesh", "video", "texture", "outputs")),
     ("dfjax.mesh_sds", ("rasterize", "regularizers", "refine")),
     ("dfjax.run", ()),
+    ("dfjax.api", ()),
     ("dfjax.eval", ("metrics", "ablation_metrics", "clip_eval", "ablations")),
     ("dfjax.cli", ()),
     # The entry points, at the top: `python -m` of each.
@@ -178,6 +179,6 @@ def test_the_checks_catch_a_circle_and_an_upward_import(tmp_path):
 
 @pytest.mark.parametrize("module, expected", [
     ("dfjax", (-1, -1)), ("dfjax.scene", (1, -1)), ("dfjax.scene.render", (1, 5)),
-    ("dfjax.export.__main__", (12, -1)), ("dfjax.export.mesh", (5, 0)), ("dfjax.nowhere", None)])
+    ("dfjax.export.__main__", (13, -1)), ("dfjax.export.mesh", (5, 0)), ("dfjax.nowhere", None)])
 def test_rank_places_packages_below_their_modules(module, expected):
   assert rank(module) == expected

@@ -335,7 +335,7 @@ def train_and_score(run: Run, runs_dir: str, *, steps: int | None, rescore: bool
     return score_and_save(run, config, workdir, scene, params,
                           train_seconds=cached["train_seconds"])
   start = time.time()
-  state = run_lib.train_and_evaluate(config, workdir)
+  state = run_lib.train_and_evaluate(config, workdir).trained.state
   seconds = time.time() - start
   if int(jax.device_get(state.step)) < config.train.steps:
     # Stopped early (SIGTERM): the checkpoint is saved; leave the study, resumable.

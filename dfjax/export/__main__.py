@@ -5,21 +5,23 @@
 
 re-exports from any checkpoint of a run (default: the latest): the meshes by marching cubes
 (mesh.ply with vertex colours, mesh.glb / mesh.obj textured) and the turntable video (see
-`dfjax.export.outputs`). Every mistake in the command line stops with
-one line on stderr and exit status 2.
+`dfjax.export.outputs`): `dfjax.api.export` with the flags as its options. Every mistake
+in the command line stops with one line on stderr and exit status 2.
 
-Data flow: the top: the entry point over train.restore and export.outputs.
+Data flow: the top: the entry point over dfjax.api.
 """
 from absl import flags
 
+from dfjax import api
 from dfjax import cli
 from dfjax.errors import UserError
-from dfjax.export import outputs
-from dfjax.train import config_checks
-from dfjax.train import restore
 
 
 FLAGS = flags.FLAGS
+# dfjax.api.export's options, as the command line spells them.
+FLAG_NAMES = {"resolution": "--resolution", "threshold": "--threshold", "formats": "--format",
+              "texture_size": "--texture_size", "faces": "--faces",
+              "video_format": "--video_format"}
 
 
 def define_flags():
@@ -45,30 +47,11 @@ def main(argv):
       raise UserError(f"unexpected arguments {argv[1:]}; flags look like --workdir=DIR --step=S")
     if not FLAGS.workdir:
       raise UserError("--workdir is required, e.g. --workdir=runs/toy")
-    if FLAGS.resolution is not None and FLAGS.resolution < 8:
-      raise UserError(f"--resolution must be at least 8, got {FLAGS.resolution}")
-    if FLAGS.threshold is not None and FLAGS.threshold <= 0:
-      raise UserError(f"--threshold must be positive, got {FLAGS.threshold}")
-    check_export_flags()
-    config = restore.load_run_config(FLAGS.workdir)
-    scene, params, step = restore.restore_params(config, FLAGS.workdir, step=FLAGS.step)
-    outputs.export_run(scene, params, FLAGS.workdir, step=step, resolution=FLAGS.resolution,
-                       threshold=FLAGS.threshold, formats=FLAGS.format,
-                       texture_size=FLAGS.texture_size, faces=FLAGS.faces, video=FLAGS.video,
-                       video_format=FLAGS.video_format)
-
-
-def check_export_flags():
-  """One-line errors for the mesh and video flags, before anything slow is loaded."""
-  if FLAGS.format is not None:
-    config_checks.export_formats(FLAGS.format, name="--format")
-  if FLAGS.texture_size is not None:
-    config_checks.check_texture_size(FLAGS.texture_size, name="--texture_size")
-  if FLAGS.faces is not None:
-    config_checks.check_face_budget(FLAGS.faces, name="--faces")
-  if FLAGS.video_format is not None and FLAGS.video_format not in config_checks.VIDEO_FORMATS:
-    raise UserError(f"--video_format must be one of {', '.join(config_checks.VIDEO_FORMATS)}, "
-                    f"got {FLAGS.video_format!r}")
+    options = dict(resolution=FLAGS.resolution, threshold=FLAGS.threshold,
+                   formats=FLAGS.format, texture_size=FLAGS.texture_size, faces=FLAGS.faces,
+                   video_format=FLAGS.video_format)
+    api.check_export_options(**options, names=FLAG_NAMES)  # the messages name the flags
+    api.export(FLAGS.workdir, step=FLAGS.step, video=FLAGS.video, **options)
 
 
 if __name__ == "__main__":

@@ -8,8 +8,10 @@ are turned into Python numbers here, once per logged step, so the step itself ne
   to TensorBoard event files in WORKDIR/tensorboard (via tensorboardX, no TensorFlow needed).
   On resume both are cut back to the restored step, so steps replayed after a preemption
   appear once.
-* `Progress` shows a tqdm bar with rate and ETA on a terminal, and plain periodic lines
-  (`step 500/2000 (25%) 3.1 steps/s eta 8m04s loss 0.123`) when output goes to a log file.
+* `last_metrics` reads the last line of metrics.jsonl back (what `dfjax.api.train` returns).
+* `Progress` shows a tqdm bar with rate and ETA in a notebook (a widget) or on a terminal, and
+  plain periodic lines (`step 500/2000 (25%) 3.1 steps/s eta 8m04s loss 0.123`) when output
+  goes to a log file.
 
 Data flow: host side, after the jitted step -> here -> train.loop.
 """
@@ -23,7 +25,6 @@ from typing import Any, Mapping, TextIO
 from etils import epath
 import numpy as np
 import tensorboardX
-import tqdm
 
 from dfjax.train import checkpoint as checkpoint_lib
 
@@ -176,6 +177,23 @@ class MetricsWriter:
       self._summary_writer.close()
 
 
+def last_metrics(workdir: str) -> dict[str, Any]:
+  """The last whole line of WORKDIR/metrics.jsonl as a dict ({} when there is none).
+
+  Non-finite values were written as null and come back as None.
+  """
+  path = os.path.join(workdir, METRICS_FILENAME)
+  last = {}
+  if os.path.exists(path):
+    with open(path) as metrics_file:
+      for line in metrics_file:
+        try:
+          last = json.loads(line)
+        except json.JSONDecodeError:
+          continue  # a line cut short by a crash
+  return last
+
+
 def format_duration(seconds: float) -> str:
   """Formats a duration as "12s", "8m04s" or "1h02m03s"."""
   if not math.isfinite(seconds):
@@ -196,17 +214,22 @@ def format_metrics(metrics: Mapping[str, Any]) -> str:
 
 
 class Progress:
-  """Reports training progress: a tqdm bar on a terminal, plain lines otherwise.
+  """Reports training progress: a tqdm bar in a notebook or on a terminal, plain lines otherwise.
 
-  `update(step, metrics)` is called after each step with the number of steps done. On a
-  terminal the bar advances every call and shows the latest metrics; otherwise a line
+  `update(step, metrics)` is called after each step with the number of steps done. Where a
+  bar is drawn it advances every call and shows the latest metrics; otherwise a line
   `step 500/2000 (25%) 3.1 steps/s eta 8m04s loss 0.123` is printed whenever step is a
   multiple of `every` and at the last step. The rate is measured over the steps since the
   previous line (the first interval includes compilation).
+
+  The bar is `tqdm.auto`'s: a widget in a notebook, text on a terminal. A notebook is
+  recognised as `in_notebook` says (an IPython kernel with ipywidgets installed), and only
+  when no `stream` is given; a terminal is a `stream` whose isatty() is true. A kernel
+  without ipywidgets gets the plain lines, which every notebook front end shows.
   """
 
   def __init__(self, total_steps: int, *, start_step: int = 0, every: int = 100,
-               stream: TextIO | None = None):
+               stream: TextIO | None = None, enabled: bool = True):
     """Starts the display.
 
     Args:
@@ -214,20 +237,28 @@ class Progress:
       start_step: the step the run starts (or resumes) from.
       every: steps between plain lines (> 0).
       stream: where to write; default sys.stderr as it is when Progress is created.
+      enabled: False shows nothing (every method is a no-op).
     """
     if every <= 0:
       raise ValueError(f"every must be positive, got {every}")
     self.total_steps, self.every = int(total_steps), int(every)
+    self.enabled = enabled
     self.stream = sys.stderr if stream is None else stream
     self._last_step, self._last_time = int(start_step), time.monotonic()
     self._metrics: dict[str, float | int] = {}
     self._bar = None
-    if _is_terminal(self.stream):
-      self._bar = tqdm.tqdm(total=self.total_steps, initial=self._last_step, file=self.stream,
-                            unit="step", dynamic_ncols=True, smoothing=0.1)
+    if enabled and ((stream is None and in_notebook()) or _is_terminal(self.stream)):
+      # tqdm.auto picks the notebook widget inside a kernel, the text bar elsewhere; imported
+      # here, since in a kernel without ipywidgets the import itself warns.
+      from tqdm import auto as tqdm_auto  # pylint: disable=g-import-not-at-top
+      self._bar = tqdm_auto.tqdm(total=self.total_steps, initial=self._last_step,
+                                 file=self.stream, unit="step", dynamic_ncols=True,
+                                 smoothing=0.1)
 
   def update(self, step: int, metrics: Mapping[str, Any] | None = None) -> None:
     """Records that `step` steps are done; `metrics` (scalars) are shown from now on."""
+    if not self.enabled:
+      return
     step = int(step)
     if metrics:
       self._metrics = {name: to_python_scalar(value) for name, value in metrics.items()}
@@ -257,6 +288,25 @@ class Progress:
     if self._bar is not None:
       self._bar.close()
       self._bar = None
+
+
+def in_notebook() -> bool:
+  """True inside an IPython kernel (Jupyter, JupyterLab, Colab, VS Code) with ipywidgets.
+
+  The test is tqdm.auto's own: the running IPython shell's config has an `IPKernelApp`
+  section, which a kernel has and a terminal IPython lacks; and ipywidgets, which tqdm's
+  widget needs, imports. IPython is not imported here: a process that never imported it is
+  not a kernel.
+  """
+  ipython = sys.modules.get("IPython")
+  shell = ipython.get_ipython() if ipython is not None else None
+  if shell is None or "IPKernelApp" not in shell.config:
+    return False
+  try:
+    import ipywidgets  # pylint: disable=g-import-not-at-top,unused-import
+  except ImportError:
+    return False
+  return True
 
 
 def _is_terminal(stream: TextIO) -> bool:

@@ -117,8 +117,13 @@ def initial_state(scene: model_lib.Scene, optimizer, mesh, checkpointer, workdir
   return state, start_step
 
 
-def train(config, workdir: str, *, allow_config_change: bool = False) -> Trained:
-  """Train from scratch or resume the run in `workdir` until `config.train.steps`."""
+def train(config, workdir: str, *, allow_config_change: bool = False,
+          progress: bool = True) -> Trained:
+  """Train from scratch or resume the run in `workdir` until `config.train.steps`.
+
+  `progress=False` hides the progress display (metrics.jsonl and TensorBoard are written as
+  ever).
+  """
   compile_cache.enable_compilation_cache()
   primary = distributed.is_primary()
   scene = prepare_run(config, workdir, allow_config_change=allow_config_change,
@@ -130,8 +135,8 @@ def train(config, workdir: str, *, allow_config_change: bool = False) -> Trained
   state, start_step = initial_state(scene, optimizer, mesh, checkpointer, workdir)
   prior_params = step_lib.replicate(scene.prior.params, mesh)
   writer = logs.MetricsWriter(workdir, resume_step=start_step, enabled=primary)
-  progress = logs.Progress(config.train.steps, start_step=start_step,
-                           every=config.train.log_every)
+  display = logs.Progress(config.train.steps, start_step=start_step,
+                          every=config.train.log_every, enabled=progress)
   stop = checkpoint_lib.install_sigterm_handler()
   train_step = step_lib.make_train_step(scene, optimizer, mesh)
   preview = jax.jit(functools.partial(model_lib.render_preview, scene), static_argnames="mode")
@@ -142,7 +147,7 @@ def train(config, workdir: str, *, allow_config_change: bool = False) -> Trained
       state, metrics = train_step(state, prior_params)
       step += 1
       if step % config.train.log_every == 0 or step == config.train.steps:
-        _log_metrics(writer, progress, state, metrics, step=step, clock=clock,
+        _log_metrics(writer, display, state, metrics, step=step, clock=clock,
                      max_nonfinite_steps=config.optimizer.max_nonfinite_steps)
       if config.train.image_every and step % config.train.image_every == 0:
         _log_images(writer, scene, state.params, step, preview)
@@ -153,7 +158,7 @@ def train(config, workdir: str, *, allow_config_change: bool = False) -> Trained
         return Trained(scene=scene, state=state, step=step, finished=False)
       checkpointer.save(step, state, force=step == config.train.steps)
   finally:
-    progress.close()
+    display.close()
     checkpointer.wait()
     writer.close()
     stop.uninstall()
