@@ -35,6 +35,10 @@ setuptools.setup(
         "test": [
             "pytest>=7",
             "scipy>=1.10",
+            # tests/test_notebook.py runs notebooks/dreamfusion_colab.ipynb in a kernel.
+            "nbformat>=5.7",
+            "nbclient>=0.8",
+            "ipykernel>=6",
             # Only the tests need torch: they build PyTorch-format safetensors checkpoints
             # to check the torch-free conversion against diffusers' own PyTorch models.
             "torch==2.13.0",

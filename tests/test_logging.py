@@ -6,6 +6,8 @@ import math
 import os
 import re
 import struct
+import sys
+import types
 
 import jax.numpy as jnp
 import numpy as np
@@ -206,3 +208,60 @@ def test_progress_uses_a_bar_on_a_terminal():
   output = terminal.getvalue()
   assert "10/10" in output and "loss 0.5" in output
   assert "step 5/10" not in output                 # no plain lines on a terminal
+
+
+class FakeShell:
+  def __init__(self, config):
+    self.config = config
+
+
+@pytest.mark.parametrize("shell_config, widgets, expected", [
+    ({"IPKernelApp": {}}, True, True),      # Jupyter, Colab: a kernel with ipywidgets
+    ({"IPKernelApp": {}}, False, False),    # a kernel without ipywidgets: plain lines
+    ({"TerminalInteractiveShell": {}}, True, False),  # IPython in a terminal
+    (None, True, False),                    # IPython imported, no shell running
+])
+def test_in_notebook_means_a_kernel_with_ipywidgets(monkeypatch, shell_config, widgets,
+                                                   expected):
+  shell = None if shell_config is None else FakeShell(shell_config)
+  monkeypatch.setitem(sys.modules, "IPython", types.SimpleNamespace(get_ipython=lambda: shell))
+  monkeypatch.setitem(sys.modules, "ipywidgets", types.ModuleType("ipywidgets") if widgets
+                      else None)  # None in sys.modules makes the import fail
+  assert logging_utils.in_notebook() is expected
+
+
+def test_in_notebook_is_false_without_ipython(monkeypatch):
+  monkeypatch.delitem(sys.modules, "IPython", raising=False)
+  assert not logging_utils.in_notebook()
+
+
+def test_progress_draws_a_bar_in_a_notebook_and_nothing_when_disabled(monkeypatch, capsys):
+  monkeypatch.setattr(logging_utils, "in_notebook", lambda: True)
+  progress = logging_utils.Progress(10, every=5)
+  assert progress._bar is not None  # tqdm.auto's bar (outside a kernel, its text bar)
+  for step in range(1, 11):
+    progress.update(step, {"loss": 0.5})
+  progress.close()
+  assert "step 5/10" not in capsys.readouterr().err
+  # Given a stream, a notebook still gets the plain lines (they go where they are sent).
+  stream = io.StringIO()
+  progress = logging_utils.Progress(10, every=5, stream=stream)
+  progress.update(5)
+  assert progress._bar is None and stream.getvalue().startswith("step 5/10 ")
+  silent = logging_utils.Progress(10, every=5, enabled=False)
+  for step in range(1, 11):
+    silent.update(step, {"loss": 0.5})
+  silent.close()
+  assert capsys.readouterr().err == ""
+
+
+def test_last_metrics_reads_the_last_whole_line(tmp_path):
+  assert logging_utils.last_metrics(str(tmp_path)) == {}
+  writer = logging_utils.MetricsWriter(str(tmp_path))
+  writer.write_scalars(1, {"loss": 0.5})
+  writer.write_scalars(2, {"loss": float("nan"), "t": 0.25})
+  writer.close()
+  with open(tmp_path / logging_utils.METRICS_FILENAME, "a") as f:
+    f.write('{"step": 3, "loss"')  # cut short by a crash
+  last = logging_utils.last_metrics(str(tmp_path))
+  assert last["step"] == 2 and last["loss"] is None and last["t"] == 0.25
