@@ -136,7 +136,9 @@ carries the albedo as vertex colours."""
 TURNTABLE = """\
 from IPython.display import Video, display
 
-display(Video(result.video, embed=True, html_attributes="controls autoplay loop muted"))"""
+# Renders are small (export.video_resolution pixels high): the browser scales them up.
+display(Video(result.video, embed=True, width=720,
+              html_attributes="controls autoplay loop muted"))"""
 
 DOWNLOAD = """\
 from IPython.display import FileLink
@@ -181,7 +183,8 @@ if RUN_STABLE_DIFFUSION:
   sd_config = api.config("dreamfusion", prompt=SD_PROMPT, prior__model=SD_MODEL,
                          prior__revision=SD_REVISION, train__steps=SD_STEPS)
   sd_result = api.train(sd_config, SD_WORKDIR)
-  display(Video(sd_result.video, embed=True, html_attributes="controls autoplay loop muted"))
+  display(Video(sd_result.video, embed=True, width=720,
+                html_attributes="controls autoplay loop muted"))
 else:
   print("skipped: set RUN_STABLE_DIFFUSION = True in the parameters cell")"""
 
