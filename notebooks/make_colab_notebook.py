@@ -104,7 +104,8 @@ import jax
 
 kinds = sorted({device.device_kind for device in jax.devices()})
 print(f"platform: {jax.default_backend()}")
-print(f"devices: {jax.device_count()} ({', '.join(kinds)}), on {jax.process_count()} process(es)")"""
+print(f"devices: {jax.device_count()} ({', '.join(kinds)}), "
+      f"on {jax.process_count()} process(es)")"""
 
 TRAIN_TEXT = """\
 ## The quick start, trained here
@@ -174,8 +175,8 @@ Set `RUN_STABLE_DIFFUSION = True` in the parameters cell on a TPU or GPU runtime
   (`from google.colab import drive; drive.mount("/content/drive")`, then
   `SD_WORKDIR = "/content/drive/MyDrive/dfjax/corgi"`), and run the same cell again with the
   same workdir: training continues from the last checkpoint (`train.checkpoint_every`
-  steps apart). dfjax writes its runs through the file system, so a `gs://` bucket must be
-  mounted (e.g. with gcsfuse) and its mount path given; a `gs://` URL is refused."""
+  steps apart). A `gs://BUCKET/run` workdir works too (checkpoints, config, metrics and the
+  exports go through etils.epath; see the README's storage note)."""
 
 SD = """\
 if RUN_STABLE_DIFFUSION:

@@ -15,6 +15,7 @@ are turned into Python numbers here, once per logged step, so the step itself ne
 
 Data flow: host side, after the jitted step -> here -> train.loop.
 """
+import importlib.util
 import json
 import math
 import os
@@ -302,11 +303,7 @@ def in_notebook() -> bool:
   shell = ipython.get_ipython() if ipython is not None else None
   if shell is None or "IPKernelApp" not in shell.config:
     return False
-  try:
-    import ipywidgets  # pylint: disable=g-import-not-at-top,unused-import
-  except ImportError:
-    return False
-  return True
+  return importlib.util.find_spec("ipywidgets") is not None
 
 
 def _is_terminal(stream: TextIO) -> bool:
