@@ -183,14 +183,16 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, allow_config_chang
   checkpoint.prepare_workdir(workdir, config.to_json(sort_keys=True),
                              allow_config_change=allow_config_change, primary=False)
   import jax
+  if cluster is None:
+    cluster = distributed.cluster_from(multihost=config.multihost)
+  # Before the library's modules are imported: some make small arrays at import time, which
+  # starts JAX's backend, and the distributed runtime must be joined before that.
+  if cluster is not None and not jax.distributed.is_initialized():
+    distributed.initialize(cluster)
   from dfjax import run
   from dfjax.export import outputs
   from dfjax.train import logs
   # pylint: enable=g-import-not-at-top
-  if cluster is None:
-    cluster = distributed.cluster_from(multihost=config.multihost)
-  if cluster is not None and not jax.distributed.is_initialized():
-    distributed.initialize(cluster)
   outcome = run.train_and_evaluate(config, workdir, allow_config_change=allow_config_change,
                                    progress=progress)
   videos = [p for p in outcome.exported

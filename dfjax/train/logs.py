@@ -15,7 +15,6 @@ are turned into Python numbers here, once per logged step, so the step itself ne
 
 Data flow: host side, after the jitted step -> here -> train.loop.
 """
-import importlib.util
 import json
 import math
 import os
@@ -303,7 +302,11 @@ def in_notebook() -> bool:
   shell = ipython.get_ipython() if ipython is not None else None
   if shell is None or "IPKernelApp" not in shell.config:
     return False
-  return importlib.util.find_spec("ipywidgets") is not None
+  try:
+    import ipywidgets  # pylint: disable=g-import-not-at-top,unused-import
+  except ImportError:
+    return False
+  return True
 
 
 def _is_terminal(stream: TextIO) -> bool:
