@@ -294,6 +294,21 @@ def test_prepare_workdir_allows_more_steps(tmp_path):
   assert json.loads((tmp_path / "config.json").read_text())["train"]["steps"] == 30000
 
 
+def test_prepare_workdir_allows_export_changes_and_new_export_fields(tmp_path):
+  # A run saved before an export field existed, resumed with a config that has it and asks
+  # for a smaller mesh: export fields do not change what is optimised.
+  saved = dict(BASE_CONFIG, export={"resolution": 128})
+  checkpoint.prepare_workdir(str(tmp_path), json.dumps(saved), allow_config_change=False)
+  resumed = dict(BASE_CONFIG, export={"resolution": 64, "formats": "glb,ply"})
+  checkpoint.prepare_workdir(str(tmp_path), json.dumps(resumed), allow_config_change=False)
+  assert json.loads((tmp_path / "config.json").read_text())["export"] == resumed["export"]
+  assert checkpoint.config_differences(saved, dict(resumed, seed=3),
+                                       ignore=checkpoint.RESUMABLE_KEYS) == ["seed: 0 -> 3"]
+  # A key without the trailing "." is one field, not a prefix.
+  assert checkpoint.config_differences({"exports": 1}, {"exports": 2},
+                                       ignore=("export",)) == ["exports: 1 -> 2"]
+
+
 def test_prepare_workdir_rejects_files_and_foreign_directories(tmp_path):
   a_file = tmp_path / "not_a_dir"
   a_file.write_text("x")

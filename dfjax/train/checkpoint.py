@@ -63,9 +63,11 @@ from dfjax.train import distributed
 
 CONFIG_FILENAME = "config.json"
 CHECKPOINT_SUBDIR = "checkpoints"
-# Dotted config paths that may differ between a run and its continuation. A larger
-# `train.steps` extends a finished run; everything else changes what is being optimised.
-RESUMABLE_KEYS = ("train.steps",)
+# Dotted config paths that may differ between a run and its continuation (a path ending in "."
+# covers every field under it). A larger `train.steps` extends a finished run, and the export
+# fields only change the files written at the end (a run saved before a new export field
+# existed resumes too); everything else changes what is being optimised.
+RESUMABLE_KEYS = ("train.steps", "export.")
 # config.json is written as a temporary file of this prefix, then renamed.
 _TMP_PREFIX = ".tmp-"
 # How many differing fields the error message names before "and N more".
@@ -92,7 +94,8 @@ def config_differences(old: dict, new: dict, *, ignore: tuple[str, ...] = ()) ->
   Args:
     old: the config a run directory was created with (nested dicts).
     new: the config of the current invocation.
-    ignore: dotted paths whose differences do not count (see `RESUMABLE_KEYS`).
+    ignore: dotted paths whose differences do not count; one ending in "." covers the
+      fields under it (see `RESUMABLE_KEYS`).
 
   Returns:
     One string per differing leaf, sorted by path; a field present on one side only is shown
@@ -101,7 +104,7 @@ def config_differences(old: dict, new: dict, *, ignore: tuple[str, ...] = ()) ->
   flat_old, flat_new = _flatten(old), _flatten(new)
   differences = []
   for path in sorted(set(flat_old) | set(flat_new)):
-    if path in ignore:
+    if any(path == key or (key.endswith(".") and path.startswith(key)) for key in ignore):
       continue
     before, after = flat_old.get(path, "<absent>"), flat_new.get(path, "<absent>")
     if before != after:
