@@ -1,0 +1,200 @@
+"""The train step, part by part: XLA's FLOPs and bytes, and times, of each part on its own.
+
+  python experiments/profile_step.py                       # toy, bank and paper setups
+  python experiments/profile_step.py --setups=toy --repeats=3
+
+Each part is jitted on its own with the shapes one device's view has in the setup (one
+render of R x R rays and S samples per ray), forward and backward as the step runs it:
+
+  ipe              integrated positional encoding of every sample (Mip-NeRF), fwd+bwd
+  mlp              the residual MLP and output layer on those features, fwd+bwd
+  field            both, plus the density blob and activations (one field evaluation)
+  field+normals    the field with normals by the configured method (the step's field work)
+  compositing      weights (NeRF Eq. 3), Lambertian shading, compositing, fwd+bwd
+  orientation      the orientation and opacity regularisers, fwd+bwd
+  render           the whole view: rays, samples, field+normals, compositing, regularisers
+  sds              the prior's SDS surrogate of the rendered image, fwd+bwd (closed-form prior
+                   only; the Stable Diffusion prior's parts are in bench_prior.py / bench_step.py)
+  update           Adam on the gradients, with the non-finite guard
+  step             the whole jitted train step (`train.step.make_train_step`, one device)
+
+FLOPs and bytes come from XLA's cost analysis of each compiled part (machine-independent
+given the XLA version); times are medians after compilation and depend on the machine's load.
+The floor of a part is max(FLOPs / peak FLOP/s, bytes / bandwidth) for the --gflops and
+--gbytes given. Parts overlap (field+normals contains field, render contains all the scene
+parts), so they do not add up to the step. Prints a table and appends it to
+experiments/results/bench.md.
+"""
+import argparse
+import functools
+import os
+import sys
+
+import jax
+import jax.numpy as jnp
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from common import append_table, time_call  # pylint: disable=g-import-not-at-top
+
+from configs import bank as bank_config  # pylint: disable=g-import-not-at-top
+from configs import dreamfusion  # pylint: disable=g-import-not-at-top
+from configs import toy as toy_config  # pylint: disable=g-import-not-at-top
+from dfjax.priors import sds  # pylint: disable=g-import-not-at-top
+from dfjax.scene import field as field_lib  # pylint: disable=g-import-not-at-top
+from dfjax.scene import losses  # pylint: disable=g-import-not-at-top
+from dfjax.scene import mip  # pylint: disable=g-import-not-at-top
+from dfjax.scene import render as render_lib  # pylint: disable=g-import-not-at-top
+from dfjax.scene import shading as shading_lib  # pylint: disable=g-import-not-at-top
+from dfjax.train import model as model_lib  # pylint: disable=g-import-not-at-top
+from dfjax.train import prior_setup  # pylint: disable=g-import-not-at-top
+from dfjax.train import step as step_lib  # pylint: disable=g-import-not-at-top
+
+
+def setup_config(name: str):
+  """The config of a setup: the toy quick start, a user's 32x32 bank, the paper's field."""
+  if name == "toy":
+    return toy_config.get_config()
+  if name == "bank":  # configs/bank.py's field and samples, on the toy bank as a plain bank
+    config = bank_config.get_config()
+    config.prior.kind, config.prompt = "toy", "a yellow duck"
+    config.toy = toy_config.get_config().toy
+    return config
+  if name == "paper":  # the paper's field at 64x64, with the closed-form prior (no SD here)
+    config = dreamfusion.get_config()
+    config.prior.kind, config.prompt = "toy", "a yellow duck"
+    config.toy = toy_config.get_config().toy
+    config.toy.resolution = 64
+    return config
+  raise SystemExit(f"error: unknown setup {name!r}; use toy, bank or paper")
+
+
+def cost(fn, *args):
+  """(GFLOPs, GB accessed) of a jitted function from XLA's cost analysis."""
+  analysis = fn.lower(*args).compile().cost_analysis()
+  analysis = analysis[0] if isinstance(analysis, (list, tuple)) else analysis
+  return analysis.get("flops", 0.0) / 1e9, analysis.get("bytes accessed", 0.0) / 1e9
+
+
+def vjp_of(fn):
+  """A jitted fwd+bwd of `fn` (arguments -> pytree of arrays) with ones as the cotangent."""
+  def forward_backward(*args):
+    out, pullback = jax.vjp(fn, *args)
+    return out, pullback(jax.tree.map(jnp.ones_like, out))
+  return jax.jit(forward_backward)
+
+
+def scene_parts(config, scene, params):
+  """{part: (jitted fn, args)} of the scene's parts on one view's samples."""
+  f = config.field
+  resolution = scene.camera_kwargs["width"]
+  rays, samples = resolution * resolution, config.render.num_samples
+  key = jax.random.PRNGKey(0)
+  means = jax.random.uniform(key, (rays, samples, 3), minval=-0.5, maxval=0.5)
+  cov = jnp.full_like(means, f.cov_scale_end)
+  field_fn = lambda p, m: scene.field.apply(p, m, cov)
+  features = mip.integrated_pos_enc(means, cov, min_deg=0, max_deg=f.max_deg)
+  mlp = field_lib.ResidualMLP(f.num_blocks, f.hidden_units)
+  mlp_params = mlp.init(key, features[:1, :1])
+  normals = lambda p, m: field_lib.density_normals(functools.partial(scene.field.apply, p), m,
+                                                   cov, method=config.render.normals)
+  t_edges = jnp.broadcast_to(jnp.linspace(0.2, 1.6, samples + 1), (rays, samples + 1))
+  density, albedo = field_fn(params["field"], means)
+  lit = shading_lib.Shading(light_position=jnp.ones(3), ambient=jnp.array(0.1),
+                            diffuse=jnp.array(0.9), textureless=jnp.array(0.0))
+  unit = means / jnp.linalg.norm(means, axis=-1, keepdims=True)
+
+  def compositing(density, albedo):
+    weights = render_lib.compositing_weights(density, t_edges)
+    return render_lib.composite(weights, shading_lib.shade(albedo, unit, means, lit))
+
+  def regularisers(density):
+    weights = render_lib.compositing_weights(density, t_edges)
+    return (losses.orientation_loss(weights, unit, unit[:, 0])
+            + losses.opacity_loss(jnp.sum(weights, axis=-1)))
+
+  def render(p):
+    out, _ = model_lib.render_view(scene, p, key, jnp.int32(config.shading.albedo_warmup_steps))
+    return (out.rgb, losses.orientation_loss(out.weights, out.sample_normals, out.directions))
+
+  return {
+      "ipe": (vjp_of(lambda m, v: mip.integrated_pos_enc(m, v, min_deg=0, max_deg=f.max_deg)),
+              (means, cov)),
+      "mlp": (vjp_of(mlp.apply), (mlp_params, features)),
+      "field": (vjp_of(field_fn), (params["field"], means)),
+      "field+normals": (vjp_of(normals), (params["field"], means)),
+      "compositing": (vjp_of(compositing), (density, albedo)),
+      "orientation": (vjp_of(regularisers), (density,)),
+      "render": (vjp_of(render), (params,)),
+  }
+
+
+def step_parts(config, scene, state, prior_params):
+  """{part: (jitted fn, args)} of the prior's SDS, the update and the whole step."""
+  optimizer = step_lib.create_optimizer(config)
+  resolution = scene.camera_kwargs["width"]
+  image = jnp.full((1, resolution, resolution, 3), 0.5)
+  bucket = jnp.zeros((1,), jnp.int32)
+  surrogate = lambda image: sds.score_distillation(
+      scene.prior, prior_params, image, bucket, jax.random.PRNGKey(1),
+      guidance_scale=config.prior.guidance_scale, t_range=tuple(config.prior.t_range),
+      weighting=config.prior.weighting).loss
+  grads = jax.tree.map(jnp.ones_like, state.params)
+  mesh = step_lib.make_mesh(jax.devices()[:1])
+  train_step = step_lib.make_train_step(scene, optimizer, mesh)
+  replicated = step_lib.replicate(state, mesh)
+  prior_replicated = step_lib.replicate(prior_params, mesh)
+  return {
+      "sds": (jax.jit(jax.value_and_grad(surrogate)), (image,)),
+      "update": (jax.jit(functools.partial(step_lib.apply_gradients, optimizer=optimizer)),
+                 (state, grads)),
+      "step": (train_step, (replicated, prior_replicated)),
+  }
+
+
+def profile(name: str, *, repeats: int, gflops: float, gbytes: float):
+  config = setup_config(name)
+  prior, camera_kwargs = prior_setup.build_prior(config)
+  scene = model_lib.create_scene(config, prior, camera_kwargs=camera_kwargs)
+  state = step_lib.create_train_state(scene, step_lib.create_optimizer(config),
+                                      jax.random.PRNGKey(0))
+  parts = dict(scene_parts(config, scene, state.params),
+               **step_parts(config, scene, state, prior.params))
+  resolution, f = camera_kwargs["width"], config.field
+  label = (f"{name} ({resolution}x{resolution}, {config.render.num_samples} samples, "
+           f"{f.num_blocks}x{f.hidden_units} field, normals {config.render.normals})")
+  rows = []
+  for part, (fn, args) in parts.items():
+    flops, bytes_ = cost(fn, *args)
+    timed = fn
+    if part == "step":  # the step donates its state: give every call a fresh copy
+      timed = lambda s, p, fn=fn: fn(jax.tree.map(jnp.copy, s), p)
+    _, seconds = time_call(timed, *args, repeats=repeats)
+    floor = max(flops / gflops, bytes_ / gbytes)
+    rows.append([label, part, f"{flops:.2f}", f"{bytes_:.2f}", f"{seconds * 1e3:.0f}",
+                 f"{floor * 1e3:.0f}", f"{seconds / floor:.1f}" if floor else "-"])
+    label = ""
+    print(f"{name} {part}: {flops:.2f} GFLOP, {bytes_:.2f} GB, {seconds * 1e3:.0f} ms",
+          flush=True)
+  return rows
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--setups", default="toy,bank,paper")
+  parser.add_argument("--repeats", type=int, default=5)
+  parser.add_argument("--gflops", type=float, default=70.0, help="peak GFLOP/s of the machine")
+  parser.add_argument("--gbytes", type=float, default=20.0, help="memory bandwidth, GB/s")
+  args = parser.parse_args()
+  rows = []
+  for name in args.setups.split(","):
+    rows += profile(name, repeats=args.repeats, gflops=args.gflops, gbytes=args.gbytes)
+  append_table(
+      "The step, part by part (XLA cost analysis; one device's view)",
+      ["setup", "part", "GFLOP", "GB accessed", "ms (median)",
+       f"floor ms ({args.gflops:g} GFLOP/s, {args.gbytes:g} GB/s)", "x floor"], rows,
+      command="python experiments/profile_step.py " + " ".join(sys.argv[1:]))
+
+
+if __name__ == "__main__":
+  main()
