@@ -179,3 +179,23 @@ def test_a_run_stops_after_max_nonfinite_steps_in_a_row(setup, consecutive, tota
   (step, written), = writer.calls
   assert step == 40 and written["nonfinite_steps"] == total and written["devices"] == 4
   assert 0 < written["seconds_per_step"] < 60
+
+
+def test_several_views_per_device_average_the_single_view_gradients(setup):
+  # One view per device takes the path without a batch axis; more take the vmapped one. Both
+  # must give the mean over views of `view_loss`'s gradient at the views' own keys.
+  config, prior, scene, _, state = setup
+  config = config.copy_and_resolve_references()
+  config.train.views_per_device = 2
+  two_views = model_lib.create_scene(config, prior, camera_kwargs=scene.camera_kwargs)
+  grads, metrics = jax.jit(functools.partial(step_lib.device_gradients, scene=two_views))(
+      state, prior.params, 1)
+  grad_fn = jax.jit(jax.grad(functools.partial(step_lib.view_loss, scene=scene), has_aux=True))
+  per_view = [grad_fn(state.params, prior.params, step_lib.view_key(config.seed, 0, 1, v),
+                      state.step) for v in range(2)]
+  mean = jax.tree.map(lambda a, b: 0.5 * (a + b), *per_view)
+  _assert_trees_close(grads, mean[0], rtol=1e-4, scaled_atol=1e-5)
+  np.testing.assert_allclose(metrics["loss"], mean[1]["loss"], rtol=1e-5)
+  single, _ = jax.jit(functools.partial(step_lib.device_gradients, scene=scene))(
+      state, prior.params, 1)
+  _assert_trees_close(single, per_view[0][0], rtol=1e-4, scaled_atol=1e-5)

@@ -105,9 +105,14 @@ def view_loss(params, prior_params, key: jax.Array, step, *, scene: model_lib.Sc
 def device_gradients(state: TrainState, prior_params, device_index, *, scene: model_lib.Scene):
   """Mean gradient and metrics of this device's views (`train.views_per_device`)."""
   views = scene.config.train.views_per_device
+  grad_fn = jax.grad(functools.partial(view_loss, scene=scene), has_aux=True)
+  if views == 1:
+    # The paper's one view per chip, and every shipped config: no batch axis. Under a vmap of
+    # size 1 XLA:CPU ran the same FLOPs and bytes 1.2-1.4x slower (experiments/compare_step.py).
+    key = view_key(scene.config.seed, state.step, device_index, 0)
+    return grad_fn(state.params, prior_params, key, state.step)
   keys = jax.vmap(lambda v: view_key(scene.config.seed, state.step, device_index, v))(
       jnp.arange(views))
-  grad_fn = jax.grad(functools.partial(view_loss, scene=scene), has_aux=True)
   grads, metrics = jax.vmap(grad_fn, in_axes=(None, None, 0, None))(
       state.params, prior_params, keys, state.step)
   return jax.tree.map(lambda g: jnp.mean(g, axis=0), (grads, metrics))

@@ -1,0 +1,97 @@
+"""The jitted train step of another revision against this checkout's, timed alternately.
+
+  python experiments/compare_step.py --rev=HEAD~1 [--setups=toy,bank] [--rounds=2]
+
+Checks REV out into a temporary git worktree and, round after round, times one device's
+train step (`train.step.make_train_step`, the state copied before each call since the step
+donates it) for each setup in the old tree and then in this one, each in a fresh process
+with the persistent compilation cache off. Alternating keeps a drifting machine load from
+favouring either side. Setups are profile_step.py's (toy, bank, paper). Prints a table with
+the medians, XLA's FLOPs and bytes of each step, and appends it to
+experiments/results/bench.md.
+"""
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import append_table  # pylint: disable=g-import-not-at-top
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Run inside a tree: prints "milliseconds GFLOP GB" of one step of the setup in argv[1] with
+# the tree's dfjax and configs (imported first, so they are the ones used); the setups come
+# from this checkout's profile_step.py, so the old tree needs only the package.
+TIMER = """
+import os, sys
+sys.path.insert(0, os.getcwd())
+import configs.bank, configs.dreamfusion, configs.toy
+import jax, jax.numpy as jnp
+from dfjax.train import model as model_lib, prior_setup, step as step_lib
+sys.path.append(sys.argv[2])  # after the tree's own packages are imported
+import profile_step
+from common import time_call
+config = profile_step.setup_config(sys.argv[1])
+prior, camera_kwargs = prior_setup.build_prior(config)
+scene = model_lib.create_scene(config, prior, camera_kwargs=camera_kwargs)
+optimizer = step_lib.create_optimizer(config)
+mesh = step_lib.make_mesh(jax.devices()[:1])
+state = step_lib.replicate(step_lib.create_train_state(scene, optimizer, jax.random.PRNGKey(0)),
+                           mesh)
+prior_params = step_lib.replicate(prior.params, mesh)
+train_step = step_lib.make_train_step(scene, optimizer, mesh)
+cost = train_step.lower(state, prior_params).compile().cost_analysis()
+cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+_, seconds = time_call(lambda s, p: train_step(jax.tree.map(jnp.copy, s), p), state,
+                       prior_params, repeats=5)
+print(seconds * 1e3, cost["flops"] / 1e9, cost["bytes accessed"] / 1e9)
+"""
+
+
+def time_step(tree: str, setup: str) -> list[float]:
+  """[ms, GFLOP, GB] of one step of `setup` with the code of `tree`."""
+  env = dict(os.environ, PYTHONPATH=tree, DFJAX_COMPILATION_CACHE="off")
+  out = subprocess.run([sys.executable, "-c", TIMER, setup, os.path.dirname(__file__)],
+                       cwd=tree, env=env, check=True, capture_output=True, text=True).stdout
+  return [float(value) for value in out.split()[-3:]]
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--rev", required=True, help="the revision to compare against")
+  parser.add_argument("--setups", default="toy,bank")
+  parser.add_argument("--rounds", type=int, default=2)
+  args = parser.parse_args()
+  setups = args.setups.split(",")
+  revision = subprocess.run(["git", "rev-parse", "--short", args.rev], cwd=ROOT, check=True,
+                            capture_output=True, text=True).stdout.strip()
+  with tempfile.TemporaryDirectory() as scratch:
+    old_tree = os.path.join(scratch, "old")
+    subprocess.run(["git", "worktree", "add", "--detach", old_tree, args.rev], cwd=ROOT,
+                   check=True, capture_output=True)
+    try:
+      results = {(tree, setup): [] for tree in ("old", "new") for setup in setups}
+      for _ in range(args.rounds):
+        for setup in setups:
+          for tree, path in (("old", old_tree), ("new", ROOT)):
+            results[tree, setup].append(time_step(path, setup))
+    finally:
+      subprocess.run(["git", "worktree", "remove", "--force", old_tree], cwd=ROOT, check=False)
+  rows = []
+  for setup in setups:
+    old, new = (statistics.median(r[0] for r in results[tree, setup]) for tree in ("old", "new"))
+    rows.append([setup, f"{old:.0f}", f"{new:.0f}", f"{old / new:.2f}x",
+                 " / ".join(f"{results[tree, setup][0][1]:.2f} GFLOP, "
+                            f"{results[tree, setup][0][2]:.2f} GB" for tree in ("old", "new")),
+                 ", ".join(f"{r[0]:.0f}" for r in results["old", setup]) + "; "
+                 + ", ".join(f"{r[0]:.0f}" for r in results["new", setup])])
+  append_table(f"Train step: {revision} (old) against this checkout (new), alternating",
+               ["setup", "old ms", "new ms", "speed-up", "XLA cost old / new",
+                "each run, ms (old; new)"], rows,
+               command="python experiments/compare_step.py " + " ".join(sys.argv[1:]))
+
+
+if __name__ == "__main__":
+  main()
