@@ -7,7 +7,8 @@ bank or model, a workdir that holds another run) stops with one line on stderr,
 
 Data flow: the top of the package, beside the entry points that use it (`dfjax.main`,
 `dfjax.export`, `dfjax.mesh_sds`, `dfjax.evaluate`, `experiments/run_ablations.py`); it imports
-only dfjax.errors, so any of them may use it.
+dfjax.errors (and, for one message, dfjax.api's list of configs), so any of them may use
+it.
 """
 import contextlib
 import os
@@ -23,7 +24,6 @@ from dfjax.errors import UserError, one_line
 FLAGS = flags.FLAGS
 
 
-CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 
 
 @contextlib.contextmanager
@@ -65,10 +65,9 @@ def _check_config_file(argv) -> None:
     return
   path = value.split(":", 1)[0]
   if not os.path.isfile(path):
-    known = sorted(name for name in os.listdir(CONFIG_DIR)
-                   if name.endswith(".py") and not name.startswith("_"))
+    from dfjax import api  # pylint: disable=g-import-not-at-top
     raise UserError(f"--config={value}: no such config file; the configs are "
-                    + ", ".join(os.path.join("configs", name) for name in known))
+                    + ", ".join(f"configs/{name}.py" for name in api.config_names()))
 
 
 def _unknown_field_message(error: Exception, argv) -> str | None:

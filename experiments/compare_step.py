@@ -6,7 +6,8 @@ Checks REV out into a temporary git worktree and, round after round, times one d
 train step (`train.step.make_train_step`, the state copied before each call since the step
 donates it) for each setup in the old tree and then in this one, each in a fresh process
 with the persistent compilation cache off. Alternating keeps a drifting machine load from
-favouring either side. Setups are profile_step.py's (toy, bank, paper). Prints a table with
+favouring either side. Setups are profile_step.py's (toy, bank, paper); REV must have
+this package layout (dfjax.train.step). Prints a table with
 the medians, XLA's FLOPs and bytes of each step, and appends it to
 experiments/results/bench.md.
 """
@@ -22,31 +23,16 @@ from common import append_table  # pylint: disable=g-import-not-at-top
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Run inside a tree: prints "milliseconds GFLOP GB" of one step of the setup in argv[1] with
-# the tree's dfjax and configs (imported first, so they are the ones used); the setups come
-# from this checkout's profile_step.py, so the old tree needs only the package.
+# the tree's dfjax and configs (imported first, so they are the ones used); the setups and the
+# timing come from this checkout's profile_step.py, so the old tree needs only the package.
 TIMER = """
 import os, sys
 sys.path.insert(0, os.getcwd())
-import configs.bank, configs.dreamfusion, configs.toy
-import jax, jax.numpy as jnp
-from dfjax.train import model as model_lib, prior_setup, step as step_lib
+import configs.bank, configs.dreamfusion, configs.toy, dfjax.train.step
 sys.path.append(sys.argv[2])  # after the tree's own packages are imported
 import profile_step
-from common import time_call
-config = profile_step.setup_config(sys.argv[1])
-prior, camera_kwargs = prior_setup.build_prior(config)
-scene = model_lib.create_scene(config, prior, camera_kwargs=camera_kwargs)
-optimizer = step_lib.create_optimizer(config)
-mesh = step_lib.make_mesh(jax.devices()[:1])
-state = step_lib.replicate(step_lib.create_train_state(scene, optimizer, jax.random.PRNGKey(0)),
-                           mesh)
-prior_params = step_lib.replicate(prior.params, mesh)
-train_step = step_lib.make_train_step(scene, optimizer, mesh)
-cost = train_step.lower(state, prior_params).compile().cost_analysis()
-cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-_, seconds = time_call(lambda s, p: train_step(jax.tree.map(jnp.copy, s), p), state,
-                       prior_params, repeats=5)
-print(seconds * 1e3, cost["flops"] / 1e9, cost["bytes accessed"] / 1e9)
+flops, gigabytes, seconds = profile_step.train_step_cost(sys.argv[1], repeats=5)
+print(seconds * 1e3, flops, gigabytes)
 """
 
 

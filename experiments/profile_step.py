@@ -152,24 +152,43 @@ def step_parts(config, scene, state, prior_params):
   }
 
 
-def profile(name: str, *, repeats: int, gflops: float, gbytes: float):
+def build(name: str):
+  """(config, scene, a fresh TrainState, prior parameters) of a setup."""
   config = setup_config(name)
   prior, camera_kwargs = prior_setup.build_prior(config)
   scene = model_lib.create_scene(config, prior, camera_kwargs=camera_kwargs)
   state = step_lib.create_train_state(scene, step_lib.create_optimizer(config),
                                       jax.random.PRNGKey(0))
+  return config, scene, state, prior.params
+
+
+def measure(part: str, fn, args, *, repeats: int):
+  """(GFLOP, GB accessed, median seconds) of one part."""
+  flops, bytes_ = cost(fn, *args)
+  timed = fn
+  if part == "step":  # the step donates its state: give every call a fresh copy
+    timed = lambda s, p: fn(jax.tree.map(jnp.copy, s), p)
+  _, seconds = time_call(timed, *args, repeats=repeats)
+  return flops, bytes_, seconds
+
+
+def train_step_cost(name: str, *, repeats: int):
+  """(GFLOP, GB accessed, median seconds) of one device's jitted train step in a setup."""
+  config, scene, state, prior_params = build(name)
+  fn, args = step_parts(config, scene, state, prior_params)["step"]
+  return measure("step", fn, args, repeats=repeats)
+
+
+def profile(name: str, *, repeats: int, gflops: float, gbytes: float):
+  config, scene, state, prior_params = build(name)
   parts = dict(scene_parts(config, scene, state.params),
-               **step_parts(config, scene, state, prior.params))
-  resolution, f = camera_kwargs["width"], config.field
+               **step_parts(config, scene, state, prior_params))
+  resolution, f = scene.camera_kwargs["width"], config.field
   label = (f"{name} ({resolution}x{resolution}, {config.render.num_samples} samples, "
            f"{f.num_blocks}x{f.hidden_units} field, normals {config.render.normals})")
   rows = []
   for part, (fn, args) in parts.items():
-    flops, bytes_ = cost(fn, *args)
-    timed = fn
-    if part == "step":  # the step donates its state: give every call a fresh copy
-      timed = lambda s, p, fn=fn: fn(jax.tree.map(jnp.copy, s), p)
-    _, seconds = time_call(timed, *args, repeats=repeats)
+    flops, bytes_, seconds = measure(part, fn, args, repeats=repeats)
     floor = max(flops / gflops, bytes_ / gbytes)
     rows.append([label, part, f"{flops:.2f}", f"{bytes_:.2f}", f"{seconds * 1e3:.0f}",
                  f"{floor * 1e3:.0f}", f"{seconds / floor:.1f}" if floor else "-"])

@@ -227,18 +227,24 @@ def point_fns_from_field(field_fn, *, sample_variance: float):
   return (lambda points: query(points)[0]), (lambda points: query(points)[1])
 
 
+def prepare_output(path: str, formats, *, kind: str) -> str:
+  """The lowercase extension of `path`, one of `formats` (else a UserError naming `kind`);
+  the file's folder is created."""
+  extension = os.path.splitext(path)[1].lower()
+  if extension not in formats:
+    raise UserError(f"unknown {kind} format {extension or '(none)'!r} for {path!r}; use one of "
+                    f"{', '.join(formats)}")
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  return extension
+
+
 def write_mesh(mesh: Mesh, path: str) -> None:
   """Writes a mesh with vertex colours to .ply, .glb or .obj (by the path's extension).
 
   GLB (binary glTF) is the format every viewer opens; PLY keeps exact float32 vertices; OBJ
   stores colours as the non-standard "v x y z r g b" extension.
   """
-  extension = os.path.splitext(path)[1].lower()
-  if extension not in MESH_FORMATS:
-    raise UserError(f"unknown mesh format {extension or '(none)'!r} for {path!r}; use one of "
-                    f"{', '.join(MESH_FORMATS)}")
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
+  prepare_output(path, MESH_FORMATS, kind="mesh")
   alpha = np.full((len(mesh.vertices), 1), 255, np.uint8)
   trimesh.Trimesh(
       vertices=mesh.vertices, faces=mesh.faces,

@@ -295,12 +295,8 @@ def write_textured_mesh(mesh: TexturedMesh, path: str) -> list[str]:
   Returns:
     The paths written: [path], or [path, .mtl, .png] for OBJ.
   """
-  extension = os.path.splitext(path)[1].lower()
-  if extension not in TEXTURED_FORMATS:
-    raise UserError(f"unknown textured mesh format {extension or '(none)'!r} for {path!r}; use "
-                    f"one of {', '.join(TEXTURED_FORMATS)}")
+  extension = mesh_lib.prepare_output(path, TEXTURED_FORMATS, kind="textured mesh")
   directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
   stem = os.path.splitext(os.path.basename(path))[0]
   image = Image.fromarray(mesh.texture)
   if extension == ".glb":

@@ -103,15 +103,10 @@ def prepare_run(config, workdir: str, *, allow_config_change: bool,
 
 def initial_state(scene: model_lib.Scene, optimizer, mesh, checkpointer, workdir: str):
   """A fresh replicated TrainState, or the latest checkpoint's. Returns (state, its step)."""
-  key = jax.random.PRNGKey(scene.config.seed)
-  # The restore target: shapes, dtypes and shardings only (the checkpoint's step or a fresh
-  # state fills it), so a checkpoint written on any number of processes and devices fits.
-  state = jax.eval_shape(lambda: step_lib.create_train_state(scene, optimizer, key))
-  state = jax.tree.map(
-      lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype,
-                                        sharding=step_lib.replicated_sharding(mesh)), state)
-  state, start_step = checkpointer.restore_latest(checkpoint_lib.abstract_like(state))
+  target = step_lib.abstract_train_state(scene, optimizer, step_lib.replicated_sharding(mesh))
+  state, start_step = checkpointer.restore_latest(target)
   if start_step is None:
+    key = jax.random.PRNGKey(scene.config.seed)
     return step_lib.replicate(step_lib.create_train_state(scene, optimizer, key), mesh), 0
   print(f"resumed from step {start_step} in {workdir}", flush=True)
   return state, start_step

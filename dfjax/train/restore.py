@@ -39,11 +39,8 @@ def restore_params(config, workdir: str, *, step: int | None):
   """The scene and parameters of a run's checkpoint (the latest when `step` is None)."""
   scene = model_lib.create_scene(config, prior=None, camera_kwargs={})
   optimizer = step_lib.create_optimizer(config)
-  abstract = jax.eval_shape(
-      lambda: step_lib.create_train_state(scene, optimizer, jax.random.PRNGKey(0)))
-  sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
-                          abstract)
+  abstract = step_lib.abstract_train_state(
+      scene, optimizer, jax.sharding.SingleDeviceSharding(jax.devices()[0]))
   checkpointer = checkpoint_lib.Checkpointer(workdir, save_every=1, keep=10**6, async_save=False)
   steps = checkpointer.all_steps()
   if not steps:

@@ -183,6 +183,14 @@ def reference_step(state: TrainState, prior_params, *, scene: model_lib.Scene, o
   return _update(state, grads, metrics, scene=scene, optimizer=optimizer)
 
 
+def abstract_train_state(scene: model_lib.Scene, optimizer, sharding) -> TrainState:
+  """The TrainState's shapes and dtypes, every leaf placed with `sharding`: a restore target
+  that fits a checkpoint written on any number of processes and devices (nothing computed)."""
+  state = jax.eval_shape(lambda: create_train_state(scene, optimizer, jax.random.PRNGKey(0)))
+  return jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype,
+                                                        sharding=sharding), state)
+
+
 def replicated_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:
   """A whole copy on every device of the mesh (every process's, on several processes)."""
   return NamedSharding(mesh, P())
