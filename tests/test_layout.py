@@ -21,11 +21,14 @@ LAYERS = (
     ("dfjax.toy", ("sdf", "objects", "truth", "banks")),
     ("dfjax.train", ("config_checks", "distributed", "model", "prior_setup", "step",
                      "checkpoint", "logs", "compile_cache", "loop", "restore")),
+    ("dfjax.train_prior", ("tokenizer", "data", "models", "objectives", "steps", "sampling",
+                           "pipeline", "loop")),
     ("dfjax.export", ("mesh", "video", "texture", "outputs")),
     ("dfjax.mesh_sds", ("rasterize", "regularizers", "refine")),
     ("dfjax.run", ()),
     ("dfjax.api", ()),
-    ("dfjax.eval", ("metrics", "ablation_metrics", "clip_eval", "ablations")),
+    ("dfjax.eval", ("metrics", "ablation_metrics", "clip_eval", "ablations",
+                    "prior_quality")),
     ("dfjax.cli", ()),
     # The entry points, at the top: `python -m` of each.
     ("dfjax.main", ()),
@@ -33,6 +36,7 @@ LAYERS = (
     ("dfjax.export.__main__", ()),
     ("dfjax.mesh_sds.__main__", ()),
     ("dfjax.launch", ()),  # starts several `dfjax.main` processes
+    ("dfjax.train_prior.__main__", ()),
 )
 
 
@@ -179,6 +183,6 @@ def test_the_checks_catch_a_circle_and_an_upward_import(tmp_path):
 
 @pytest.mark.parametrize("module, expected", [
     ("dfjax", (-1, -1)), ("dfjax.scene", (1, -1)), ("dfjax.scene.render", (1, 5)),
-    ("dfjax.export.__main__", (13, -1)), ("dfjax.export.mesh", (5, 0)), ("dfjax.nowhere", None)])
+    ("dfjax.export.__main__", (14, -1)), ("dfjax.export.mesh", (6, 0)), ("dfjax.nowhere", None)])
 def test_rank_places_packages_below_their_modules(module, expected):
   assert rank(module) == expected

@@ -147,3 +147,22 @@ def sds_weight(alpha_bar, *, weighting):
   if weighting == "sqrt_alpha_one_minus":
     return jnp.sqrt(alpha_bar) * (1.0 - alpha_bar)
   raise UserError(f"unknown SDS weighting {weighting!r}; use one of {WEIGHTINGS}")
+
+
+def ddim_step(x_t, eps, alpha_bar_t, alpha_bar_prev):
+  """One deterministic DDIM update (Song et al. 2021, Eq. 12 with sigma_t = 0).
+
+  x0_hat = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t);
+  x_prev = sqrt(abar_prev) x0_hat + sqrt(1 - abar_prev) eps.
+
+  Args:
+    x_t: [batch, ...] samples at timestep t.
+    eps: [batch, ...] the (guided) noise prediction at t.
+    alpha_bar_t: abar_t (scalar or broadcastable).
+    alpha_bar_prev: abar of the next, less noisy timestep (1 for the final step to x_0).
+
+  Returns:
+    x_prev: [batch, ...].
+  """
+  x0 = (x_t - jnp.sqrt(1.0 - alpha_bar_t) * eps) / jnp.sqrt(alpha_bar_t)
+  return jnp.sqrt(alpha_bar_prev) * x0 + jnp.sqrt(1.0 - alpha_bar_prev) * eps
