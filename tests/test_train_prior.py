@@ -227,6 +227,7 @@ def test_bad_input_is_one_error_and_leaves_the_pipeline(shapes_bank, tmp_path):
        "must be a multiple of 32"),
       (tiny_config(shapes_bank, uncond_prob=1.5), "uncond_prob must be in [0, 1)"),
       (tiny_config(shapes_bank, batch_size=6), "multiple of the 4 devices"),
+      (tiny_config(shapes_bank, **{"unet.block_out_channels": (32, 48)}), "multiples of 32"),
   ]
   for config, message in cases:
     with pytest.raises(UserError, match=message.replace("[", r"\[").replace("(", r"\(")
@@ -246,3 +247,47 @@ def test_command_line_errors_are_one_line_with_status_2(tmp_path):
   assert len(lines) == 1 and lines[0].startswith("error: image bank")
   assert "does not exist" in lines[0]
   assert not os.path.exists(tmp_path / "run" / "pipeline")
+
+
+def test_eps_relative_error_is_zero_for_the_exact_prediction_and_one_for_zero():
+  from dfjax.eval import prior_quality
+  alphas = diffusion.alphas_cumprod_from_config(beta_schedule="scaled_linear")
+  latents = jax.random.normal(jax.random.PRNGKey(0), (6, 2, 2, 4))
+  buckets = jnp.array([0, 0, 1, 1, 2, 3])
+
+  def exact(x_t, t, bucket):
+    return prior_quality.exact_conditional_eps(x_t, alphas[t], bucket, latents=latents,
+                                               latent_buckets=buckets)
+  kwargs = dict(latents=latents, latent_buckets=buckets, alphas_cumprod=alphas,
+                timesteps=(50, 500, 950), batch=8)
+  key = jax.random.PRNGKey(1)
+  np.testing.assert_allclose(prior_quality.eps_relative_error(exact, key, **kwargs), 0.0,
+                             atol=1e-5)
+  zero = lambda x_t, t, bucket: jnp.zeros_like(x_t)
+  np.testing.assert_allclose(prior_quality.eps_relative_error(zero, key, **kwargs), 1.0,
+                             rtol=1e-6)
+  # A single latent per bucket: at small t the exact x0 is that latent, so eps is recovered.
+  x0 = latents[4:5]
+  noise = jax.random.normal(jax.random.PRNGKey(2), x0.shape)
+  x_t = diffusion.add_noise(alphas, x0, noise, jnp.array([30]))
+  np.testing.assert_allclose(exact(x_t, jnp.array([30]), jnp.array([2])), noise, atol=1e-3)
+
+
+def test_nearest_bank_classifier_on_known_images():
+  from dfjax.eval import prior_quality
+  bank = np.zeros((4, 2, 2, 3), np.uint8)
+  bank[1] = 255
+  bank[2, :, :, 0] = 255
+  bank[3, :, :, 2] = 255
+  samples = np.stack([np.full((2, 2, 3), 0.9), np.zeros((2, 2, 3)) + [0.8, 0.1, 0.1]])
+  index, distance = prior_quality.nearest_bank_index(samples, bank)
+  np.testing.assert_array_equal(index, [1, 2])
+  np.testing.assert_allclose(distance, [0.1, np.sqrt((0.04 + 0.01 + 0.01) / 3)], rtol=1e-5)
+  scores = prior_quality.score_samples(
+      samples, np.array([1, 0]), np.array([0, 1]), bank_images=bank,
+      bank_caption_index=np.array([0, 1, 1, 0]), bank_view_bucket=np.array([0, 0, 1, 1]),
+      captions=("a", "b"))
+  # Sample 0 asked for caption 1, view 0 and got image 1 (caption 1, view 0): both right.
+  # Sample 1 asked for caption 0 and got image 2 (caption 1): wrong object.
+  assert (scores.object_accuracy, scores.view_accuracy) == (0.5, 0.5)
+  assert scores.per_caption == {"a": 0.0, "b": 1.0}

@@ -110,3 +110,66 @@ def sample_every_prompt(sampler, data, *, samples_per_prompt, seed=0, num_steps=
       bank_images=(data.images + 1.0) / 2.0, bank_caption_index=data.caption_index,
       bank_view_bucket=data.view_bucket, captions=data.captions)
   return images, scores
+
+
+def exact_conditional_eps(x_t, alpha_bar, view_bucket, *, latents, latent_buckets):
+  """The exact noise prediction of the empirical distribution of `latents` whose view bucket is
+  each sample's (the ideal denoiser, Karras et al. 2022, App. B.3, as `priors.bank` computes it
+  for pixels), in latent space.
+
+  Args:
+    x_t: [B, h, w, c] noisy latents.
+    alpha_bar: [B] abar_t.
+    view_bucket: [B] int, the bucket whose latents each row may come from.
+    latents: [N, h, w, c] clean latents (the training images of one caption, encoded).
+    latent_buckets: [N] int view bucket of each latent.
+
+  Returns:
+    [B, h, w, c] eps.
+  """
+  from dfjax.priors import bank as bank_lib  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  flat = jnp.reshape(latents, (latents.shape[0], -1))
+  x = jnp.reshape(x_t, (x_t.shape[0], -1))
+  log_weights = bank_lib.ideal_denoiser_log_weights(x, flat, jnp.sum(flat * flat, axis=1),
+                                                    alpha_bar)
+  mask = jnp.asarray(latent_buckets)[None, :] == jnp.asarray(view_bucket)[:, None]
+  x0 = bank_lib.masked_posterior_mean(log_weights, mask, flat)
+  return jnp.reshape(bank_lib.eps_from_x0(x, x0, alpha_bar), x_t.shape)
+
+
+def eps_relative_error(predict_noise, key, *, latents, latent_buckets, alphas_cumprod,
+                       timesteps, batch):
+  """Relative error ||eps_learned - eps_exact|| / ||eps_exact|| of a conditional noise
+  prediction against the exact one, per timestep.
+
+  For each t: `batch` clean latents drawn from `latents`, noised by the forward process, and
+  the prediction for their own view bucket compared with `exact_conditional_eps`.
+
+  Args:
+    predict_noise: (x_t [B,h,w,c], timesteps [B], view_bucket [B]) -> eps [B,h,w,c].
+    key: PRNG key.
+    latents: [N, h, w, c]; latent_buckets: [N] int.
+    alphas_cumprod: [T].
+    timesteps: the t to evaluate at.
+    batch: samples per t.
+
+  Returns:
+    [len(timesteps)] mean relative error per t.
+  """
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from dfjax.priors import diffusion  # pylint: disable=g-import-not-at-top
+  errors = []
+  for i, t in enumerate(timesteps):
+    k_index, k_noise = jax.random.split(jax.random.fold_in(key, i))
+    index = jax.random.randint(k_index, (batch,), 0, latents.shape[0])
+    x0, buckets = jnp.asarray(latents)[index], jnp.asarray(latent_buckets)[index]
+    t_batch = jnp.full((batch,), t, jnp.int32)
+    x_t = diffusion.add_noise(alphas_cumprod, x0, jax.random.normal(k_noise, x0.shape), t_batch)
+    alpha_bar = jnp.asarray(alphas_cumprod, jnp.float32)[t_batch]
+    exact = exact_conditional_eps(x_t, alpha_bar, buckets, latents=latents,
+                                  latent_buckets=latent_buckets)
+    learned = predict_noise(x_t, t_batch, buckets)
+    norm = lambda v: jnp.sqrt(jnp.sum(jnp.square(v), axis=(1, 2, 3)))
+    errors.append(float(jnp.mean(norm(learned - exact) / norm(exact))))
+  return np.asarray(errors)

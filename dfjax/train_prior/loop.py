@@ -63,14 +63,27 @@ def check_config(config, *, num_devices):
                     f"got {config.weight_dtype!r}")
   if config.text.hidden_size % config.text.num_heads:
     raise UserError("config.text.hidden_size must be a multiple of config.text.num_heads")
+  _check_channels(config)
+  if (len(config.view_suffixes) != 4 or isinstance(config.view_suffixes, str)
+      or not all(isinstance(s, str) for s in config.view_suffixes)):
+    raise UserError("config.view_suffixes must be four strings (front, side, back, overhead)")
+
+
+def _check_channels(config):
+  """Block widths the modules' group norms and attention heads can split."""
   for name in ("vae", "unet"):
     channels = tuple(config[name].block_out_channels)
     if not channels or not all(isinstance(c, int) and c > 0 for c in channels):
       raise UserError(f"config.{name}.block_out_channels must be positive integers, "
                       f"got {channels!r}")
-  if (len(config.view_suffixes) != 4 or isinstance(config.view_suffixes, str)
-      or not all(isinstance(s, str) for s in config.view_suffixes)):
-    raise UserError("config.view_suffixes must be four strings (front, side, back, overhead)")
+  groups = min(32, min(config.vae.block_out_channels))
+  if any(c % groups for c in config.vae.block_out_channels):
+    raise UserError(f"config.vae.block_out_channels {tuple(config.vae.block_out_channels)} "
+                    f"must all be multiples of {groups} (the group norm's groups)")
+  heads = config.unet.attention_head_dim  # diffusers' name for the number of heads
+  if any(c % 32 or c % heads for c in config.unet.block_out_channels):
+    raise UserError(f"config.unet.block_out_channels {tuple(config.unet.block_out_channels)} "
+                    f"must be multiples of 32 (group norm) and of attention_head_dim {heads}")
 
 
 def downsampling(config):

@@ -29,10 +29,22 @@ def ddim_timesteps(num_train_timesteps, num_steps):
   return np.round(np.linspace(num_train_timesteps - 1, 0, num_steps)).astype(np.int32)
 
 
-@functools.partial(jax.jit, static_argnames=("unet", "num_steps"))
+# Jitted closures over a module, by the module's identity (modules read from config files hold
+# lists, which jax.jit cannot hash as static arguments); the module is kept alive beside them.
+_COMPILED = {}
+
+
+def _jit_with(function, module, **static):
+  """jax.jit of `function` with `module` (and `static`) bound, compiled once per module."""
+  key = (function, id(module), tuple(sorted(static.items())))
+  if key not in _COMPILED:
+    _COMPILED[key] = (module, jax.jit(functools.partial(function, module=module, **static)))
+  return _COMPILED[key][1]
+
+
 def sample_latents(unet_params, cond, uncond, alphas_cumprod, noise, *, unet, num_steps,
                    guidance_scale):
-  """Scaled latents by guided DDIM from pure noise.
+  """Scaled latents by guided DDIM from pure noise (jitted once per U-Net and step count).
 
   Args:
     unet_params: the U-Net's parameters.
@@ -47,6 +59,13 @@ def sample_latents(unet_params, cond, uncond, alphas_cumprod, noise, *, unet, nu
   Returns:
     [B, h, w, c] scaled latents x_0.
   """
+  return _jit_with(_sample_latents, unet, num_steps=num_steps)(
+      unet_params, cond, uncond, alphas_cumprod, noise, guidance_scale)
+
+
+def _sample_latents(unet_params, cond, uncond, alphas_cumprod, noise, guidance_scale, *,
+                    module, num_steps):
+  unet = module
   batch = noise.shape[0]
   timesteps = jnp.asarray(ddim_timesteps(alphas_cumprod.shape[0], num_steps))
   previous = jnp.concatenate([timesteps[1:], jnp.array([-1], jnp.int32)])
@@ -67,10 +86,13 @@ def sample_latents(unet_params, cond, uncond, alphas_cumprod, noise, *, unet, nu
   return latents
 
 
-@functools.partial(jax.jit, static_argnames=("vae",))
 def decode_to_images(vae_params, latents, scaling_factor, *, vae):
   """Scaled latents [B, h, w, c] to images [B, H, W, 3] in [0, 1]."""
-  images = steps_lib.decode_latents(vae, vae_params, latents / scaling_factor)
+  return _jit_with(_decode_to_images, vae)(vae_params, latents, scaling_factor)
+
+
+def _decode_to_images(vae_params, latents, scaling_factor, *, module):
+  images = steps_lib.decode_latents(module, vae_params, latents / scaling_factor)
   return jnp.clip((images + 1.0) / 2.0, 0.0, 1.0)
 
 
