@@ -9,6 +9,8 @@ setuptools.setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=setuptools.find_packages(include=["dfjax", "dfjax.*", "configs"]),
+    # The shipped toy Stable Diffusion (dfjax/assets/toy_sd, see its MODEL_CARD.md).
+    package_data={"dfjax": ["assets/toy_sd/*.*", "assets/toy_sd/*/*"]},
     install_requires=[
         "jax>=0.7",
         "flax>=0.10",
