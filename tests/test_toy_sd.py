@@ -65,7 +65,7 @@ def test_samples_name_the_object_of_their_prompt():
 
 
 HELD_OUT = ((30.0, 20.0), (100.0, 5.0), (215.0, 35.0), (300.0, 10.0))
-STEPS = 300
+STEPS = 200
 
 
 def _silhouette_iou(scene, params, obj, step):
