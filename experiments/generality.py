@@ -30,6 +30,8 @@ flags.DEFINE_string("out", "", "bank: where to write the bank (.npz).")
 flags.DEFINE_string("pipeline", "", "distil: the pipeline trained on the bank.")
 flags.DEFINE_string("runs_dir", "runs/generality", "distil: run folders.")
 flags.DEFINE_list("seeds", ["0"], "distil: seeds.")
+flags.DEFINE_list("objects", [], "distil: captions to distil (default: all three).")
+flags.DEFINE_list("extra", [], "distil: extra --config.X=Y overrides.")
 FLAGS = flags.FLAGS
 
 ELEVATION_RANGE = (0.0, 50.0)
@@ -123,6 +125,8 @@ def distil():
   multiplier = lambda fov: 0.5 / math.tan(math.radians(fov) / 2)
   rows = []
   for obj in objects():
+    if FLAGS.objects and obj.caption not in FLAGS.objects:
+      continue
     for seed in FLAGS.seeds:
       workdir = os.path.join(FLAGS.runs_dir, obj.caption.replace(" ", "_") + f"_seed{seed}")
       command = [sys.executable, "-m", "dfjax.main", "--config=configs/toy_sd.py",
@@ -131,7 +135,8 @@ def distil():
                  f"--config.camera.elevation_range={ELEVATION_RANGE}",
                  f"--config.camera.distance_range={DISTANCE_RANGE}",
                  f"--config.camera.focal_range=({multiplier(FOV_RANGE[1]):.4f}, "
-                 f"{multiplier(FOV_RANGE[0]):.4f})", "--config.export.at_end=False"]
+                 f"{multiplier(FOV_RANGE[0]):.4f})", "--config.export.at_end=False"
+                 ] + [f"--config.{e}" for e in FLAGS.extra]
       start = time.time()
       subprocess.run(command, cwd=REPO, check=True)
       seconds = time.time() - start
