@@ -36,6 +36,18 @@ def user_errors():
     sys.exit(2)
 
 
+def check_command_line(argv, *, usage: str, config_example: str,
+                       workdir_example: str | None = None) -> None:
+  """What every entry point checks first: no positional arguments, --config given, and
+  --workdir given where the command has one (`workdir_example` not None)."""
+  if len(argv) > 1:
+    raise UserError(f"unexpected arguments {argv[1:]}; flags look like {usage}")
+  if FLAGS.config is None:
+    raise UserError(f"--config is required, e.g. --config={config_example}")
+  if workdir_example is not None and not FLAGS.workdir:
+    raise UserError(f"--workdir is required, e.g. --workdir={workdir_example}")
+
+
 def quiet_libraries():
   """Library INFO logs (orbax's per-save lines, JAX's backend probing) would drown the
   progress lines: log warnings and errors only, unless --verbosity was given.

@@ -20,7 +20,6 @@ from absl import flags
 from ml_collections import config_flags
 
 from dfjax import cli
-from dfjax.errors import UserError
 from dfjax.train import distributed
 
 FLAGS = flags.FLAGS
@@ -46,13 +45,8 @@ def define_flags():
 
 def main(argv):
   with cli.user_errors():
-    if len(argv) > 1:
-      raise UserError(f"unexpected arguments {argv[1:]}; flags look like --config=... "
-                      "--workdir=...")
-    if FLAGS.config is None:
-      raise UserError("--config is required, e.g. --config=configs/toy.py")
-    if not FLAGS.workdir:
-      raise UserError("--workdir is required, e.g. --workdir=runs/toy")
+    cli.check_command_line(argv, usage="--config=... --workdir=...",
+                           config_example="configs/toy.py", workdir_example="runs/toy")
     cluster = distributed.cluster_from(
         multihost=FLAGS.config.multihost, coordinator_address=FLAGS.coordinator_address,
         num_processes=FLAGS.num_processes, process_id=FLAGS.process_id,

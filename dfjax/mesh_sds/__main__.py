@@ -48,11 +48,8 @@ def _check_paths(mesh_path, out_path) -> None:
 
 def main(argv):
   with cli.user_errors():
-    if len(argv) > 1:
-      raise UserError(f"unexpected arguments {argv[1:]}; flags look like --config=... "
-                      "--mesh=IN.ply --out=OUT.ply")
-    if FLAGS.config is None:
-      raise UserError("--config is required, e.g. --config=configs/mesh_sds.py")
+    cli.check_command_line(argv, usage="--config=... --mesh=IN.ply --out=OUT.ply",
+                           config_example="configs/mesh_sds.py")
     config = FLAGS.config
     if "mesh_sds" not in config:
       raise UserError("the config has no mesh_sds section; use --config=configs/mesh_sds.py")

@@ -13,7 +13,6 @@ from absl import flags
 from ml_collections import config_flags
 
 from dfjax import cli
-from dfjax.errors import UserError
 
 FLAGS = flags.FLAGS
 
@@ -28,13 +27,9 @@ def define_flags():
 
 def main(argv):
   with cli.user_errors():
-    if len(argv) > 1:
-      raise UserError(f"unexpected arguments {argv[1:]}; flags look like --config=... "
-                      "--workdir=...")
-    if FLAGS.config is None:
-      raise UserError("--config is required, e.g. --config=configs/train_prior.py")
-    if not FLAGS.workdir:
-      raise UserError("--workdir is required, e.g. --workdir=runs/toy_sd")
+    cli.check_command_line(argv, usage="--config=... --workdir=...",
+                           config_example="configs/train_prior.py",
+                           workdir_example="runs/toy_sd")
     from dfjax.train_prior import loop  # pylint: disable=g-import-not-at-top
     result = loop.train_prior(FLAGS.config, FLAGS.workdir,
                               allow_config_change=FLAGS.allow_config_change)

@@ -184,7 +184,7 @@ def latent_data(config, setup, state, mesh):
   return step_lib.replicate(data, mesh)
 
 
-def sample_grid(config, setup, state, data):
+def sample_grid(config, setup, state, data, alphas_cumprod):
   """Guided DDIM samples of up to 8 captions (rows) in the four view buckets (columns)."""
   prompts = [p for p in setup.data.prompts[:-1]][:8 * 4]
   models = setup.models
@@ -195,7 +195,7 @@ def sample_grid(config, setup, state, data):
   noise = jax.random.normal(jax.random.PRNGKey(config.seed), (len(prompts), size, size,
                                                               channels))
   latents = sampling.sample_latents(
-      state.ema["unet"], states[rows], states[-1:], _alphas_cumprod(), noise,
+      state.ema["unet"], states[rows], states[-1:], alphas_cumprod, noise,
       unet=models.unet, num_steps=config.train.sample_steps,
       guidance_scale=config.train.sample_guidance)
   images = sampling.decode_to_images(state.vae, latents, data.scaling_factor, vae=models.vae)
@@ -308,13 +308,16 @@ def _train_phases(config, setup, mesh, session, state, step):
       uncond_prob=config.uncond_prob, ema_decay=config.ema_decay, seed=config.seed,
       vae_steps=vae_steps)
 
+  alphas_cumprod = step_lib.replicate(_alphas_cumprod(), mesh)
+
   def log_samples(state, step):
     every = config.train.image_every
     if every and (step - vae_steps) % every == 0:
-      session.writer.write_images(step, {"samples": sample_grid(config, setup, state, data)})
+      grid = sample_grid(config, setup, state, data, alphas_cumprod)
+      session.writer.write_images(step, {"samples": grid})
   state, step, stopped = session.run(
-      state, step, vae_steps + config.steps, denoiser_step, data,
-      step_lib.replicate(_alphas_cumprod(), mesh), after_step=log_samples)
+      state, step, vae_steps + config.steps, denoiser_step, data, alphas_cumprod,
+      after_step=log_samples)
   return state, step, stopped, data
 
 
