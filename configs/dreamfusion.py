@@ -96,6 +96,17 @@ def render_config() -> ml_collections.ConfigDict:
   render.bound_radius = 1.4  # bounding sphere radius (App. A.2)
   render.normals = "autodiff"  # or "finite_difference"
   render.chunk = 4096  # rays per chunk
+  # "uniform": num_samples stratified samples over the whole ray (the paper). "occupancy":
+  # empty-space skipping, num_samples stratified samples over only the bins (num_candidates
+  # per ray) that lie in occupied cells of a G^3 grid of the density (dfjax.scene.occupancy),
+  # refreshed every grid_every steps as max(grid_decay * g, density at a random point of the
+  # cell); a cell is occupied when it or a neighbour exceeds min(grid_threshold, mean g).
+  render.sampler = "uniform"
+  render.num_candidates = 128
+  render.grid_resolution = 32  # G; the grid spans the bounding sphere's cube
+  render.grid_every = 16
+  render.grid_decay = 0.95
+  render.grid_threshold = 0.2  # density per world unit
   return render
 
 

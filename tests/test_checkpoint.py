@@ -86,6 +86,35 @@ def test_round_trip_keeps_values_types_and_shardings(tmp_path, mesh):
   assert os.listdir(tmp_path / "checkpoints") == ["10"]
 
 
+@struct.dataclass
+class GrownState:
+  """TrainState with a field added later, None unless a feature uses it (the occupancy grid)."""
+  step: jax.Array
+  params: dict
+  opt_state: optax.OptState
+  grid: jax.Array = None
+
+
+def test_a_field_added_with_a_none_default_keeps_old_checkpoints_readable(tmp_path, mesh):
+  old = make_state(mesh, seed=3)
+  with checkpoint.Checkpointer(str(tmp_path / "old"), save_every=1, keep=1,
+                               async_save=False) as checkpointer:
+    checkpointer.save(1, old)
+    target = GrownState(step=old.step, params=old.params, opt_state=old.opt_state)
+    restored = checkpointer.restore(checkpoint.abstract_like(target))
+  assert isinstance(restored, GrownState) and restored.grid is None
+  assert_bitwise_equal(restored, target)
+  grown = GrownState(step=old.step, params=old.params, opt_state=old.opt_state,
+                     grid=jnp.arange(8.0).reshape(2, 2, 2))
+  with checkpoint.Checkpointer(str(tmp_path / "new"), save_every=1, keep=1,
+                               async_save=False) as checkpointer:
+    checkpointer.save(1, grown)
+    restored = checkpointer.restore(checkpoint.abstract_like(grown))
+    assert_bitwise_equal(restored, grown)
+    with pytest.raises(UserError, match="does not fit the current model"):
+      checkpointer.restore(checkpoint.abstract_like(target))  # the grid has nowhere to go
+
+
 def test_save_schedule_and_keep_last(tmp_path, mesh):
   state = make_state(mesh, seed=1)
   with checkpoint.Checkpointer(str(tmp_path), save_every=2, keep=2) as checkpointer:
@@ -307,6 +336,17 @@ def test_prepare_workdir_allows_export_changes_and_new_export_fields(tmp_path):
   # A key without the trailing "." is one field, not a prefix.
   assert checkpoint.config_differences({"exports": 1}, {"exports": 2},
                                        ignore=("export",)) == ["exports: 1 -> 2"]
+
+
+def test_a_run_older_than_the_sampler_fields_resumes_with_the_uniform_sampler():
+  saved = dict(BASE_CONFIG, render={"num_samples": 32})
+  grid = {"num_candidates": 128, "grid_resolution": 32, "grid_every": 16, "grid_decay": 0.95,
+          "grid_threshold": 0.2}
+  uniform = dict(BASE_CONFIG, render={"num_samples": 32, "sampler": "uniform", **grid})
+  assert checkpoint.config_differences(saved, uniform) == []
+  skipping = dict(BASE_CONFIG, render={"num_samples": 32, "sampler": "occupancy", **grid})
+  assert checkpoint.config_differences(saved, skipping) == [
+      'render.sampler: <absent> -> "occupancy"']
 
 
 def test_prepare_workdir_rejects_files_and_foreign_directories(tmp_path):

@@ -199,3 +199,40 @@ def test_several_views_per_device_average_the_single_view_gradients(setup):
   single, _ = jax.jit(functools.partial(step_lib.device_gradients, scene=scene))(
       state, prior.params, 1)
   _assert_trees_close(single, per_view[0][0], rtol=1e-4, scaled_atol=1e-5)
+
+
+def test_the_occupancy_grid_is_refreshed_inside_the_sharded_step(setup):
+  """render.sampler = "occupancy": the grid starts as the fresh field's density at one point
+  per cell, is refreshed as max(decay g, τ) from the updated parameters every grid_every
+  steps and left alone in between, identically on every device; the sharded step still
+  equals the single-device reference."""
+  from dfjax.scene import occupancy  # pylint: disable=g-import-not-at-top
+  config, prior, scene, optimizer, _ = setup
+  config = config.copy_and_resolve_references()
+  r = config.render
+  r.sampler, r.grid_resolution, r.grid_every, r.grid_decay, r.num_candidates = (
+      "occupancy", 6, 2, 0.5, 16)
+  scene = model_lib.create_scene(config, prior, camera_kwargs=scene.camera_kwargs)
+  state = step_lib.create_train_state(scene, optimizer, jax.random.PRNGKey(0))
+  density = lambda params, step: (
+      lambda x: model_lib.field_density(scene, params, x, step))
+  points = lambda step: occupancy.cell_points(model_lib._grid_key(scene, step),  # pylint: disable=protected-access
+                                              resolution=6, bound=r.bound_radius)
+  np.testing.assert_allclose(state.occupancy, density(state.params, 0)(points(0)), rtol=1e-6)
+  mesh = step_lib.make_mesh()
+  step = step_lib.make_train_step(scene, optimizer, mesh)
+  reference = jax.jit(functools.partial(step_lib.reference_step, scene=scene,
+                                        optimizer=optimizer, num_devices=4))
+  sharded = step_lib.replicate(jax.tree.map(jnp.copy, state), mesh)
+  for expected_step in (1, 2):
+    previous = np.asarray(sharded.occupancy)
+    expected, _ = reference(jax.device_get(sharded), prior.params)
+    sharded, _ = step(sharded, step_lib.replicate(prior.params, mesh))
+    _assert_trees_close(sharded.params, expected.params, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(sharded.occupancy, expected.occupancy, rtol=1e-5)
+    if expected_step % 2:
+      np.testing.assert_array_equal(sharded.occupancy, previous)
+    else:
+      fresh = density(jax.device_get(sharded.params), expected_step)(points(expected_step))
+      np.testing.assert_allclose(sharded.occupancy, np.maximum(0.5 * previous, fresh),
+                                 rtol=1e-5)

@@ -214,8 +214,9 @@ def score_run(scene, params, step, object_name):
   """Every metric of a finished run against the true object (a dict of floats)."""
   obj, truth, true_occupancy = ground_truth(object_name)
   r = scene.config.render
-  render, density_fn = evaluators(scene.field, (r.num_samples, r.num_importance,
-                                                r.bound_radius, r.normals, r.chunk))
+  render, density_fn = evaluators(scene.field, (model_lib.preview_samples(scene.config),
+                                                r.num_importance, r.bound_radius, r.normals,
+                                                r.chunk))
   cov_scale = jnp.float32(model_lib.cov_scale_at(step, scene.config))
   outs = [jax.device_get(render(params, eval_camera(a), cov_scale)) for a in EVAL_AZIMUTHS]
   rgb = np.stack([np.clip(o.rgb, 0, 1) for o in outs])

@@ -2,13 +2,14 @@
 
 Rays are sampled between their entry into and exit from the bounding sphere (DreamFusion
 App. A.2: radius 1.4), optionally resampled hierarchically (NeRF, Mildenhall et al. 2020,
-§5.2), and alpha-composited (NeRF Eq. 3):
+§5.2) or only where an occupancy grid says the field is not empty (`occupied_intervals`), and
+alpha-composited (NeRF Eq. 3):
   α_i = 1 − exp(−τ_i δ_i),  T_i = Π_{j<i} (1 − α_j),  w_i = T_i α_i,
   C = Σ_i w_i c_i + (1 − Σ_i w_i) c_bg.
 Each sample is a Gaussian: DreamFusion's isotropic λ_Σ·I when `cov_scale` is given, else the
 Mip-NeRF conical frustum (Barron et al. 2021, Eqs. 7-8).
 
-Data flow: scene.cameras, mip, field, shading and background -> here -> train.model, toy.
+Data flow: scene.cameras, mip, field, occupancy, shading and background -> here -> train.model, toy.
 """
 from __future__ import annotations
 
@@ -89,7 +90,7 @@ def stratified_intervals(key: jax.Array, near: jax.Array, far: jax.Array, num_sa
 
 
 def compositing_weights(density: jax.Array, t_edges: jax.Array) -> jax.Array:
-  """w_i = T_i (1 − exp(−τ_i δ_i)) (NeRF Eq. 3).
+  """w_i = T_i (1 − exp(−τ_i δ_i)) (NeRF Eq. 3) of contiguous intervals.
 
   Args:
     density: [..., num_samples] τ_i.
@@ -98,12 +99,69 @@ def compositing_weights(density: jax.Array, t_edges: jax.Array) -> jax.Array:
   Returns:
     [..., num_samples] weights.
   """
-  optical_depth = density * (t_edges[..., 1:] - t_edges[..., :-1])
+  return interval_weights(density, t_edges[..., 1:] - t_edges[..., :-1])
+
+
+def interval_weights(density: jax.Array, deltas: jax.Array) -> jax.Array:
+  """w_i = T_i (1 − exp(−τ_i δ_i)), T_i = exp(−Σ_{j<i} τ_j δ_j) (NeRF Eq. 3).
+
+  The intervals need not touch: space between them is taken to be empty, as the occupancy
+  sampler's skipped cells are.
+
+  Args:
+    density: [..., num_samples] τ_i.
+    deltas: [..., num_samples] interval lengths δ_i along unit rays.
+
+  Returns:
+    [..., num_samples] weights.
+  """
+  optical_depth = density * deltas
   alpha = 1.0 - jnp.exp(-optical_depth)
   accumulated = jnp.cumsum(optical_depth, axis=-1)
   transmittance = jnp.exp(-jnp.concatenate(
       [jnp.zeros_like(accumulated[..., :1]), accumulated[..., :-1]], axis=-1))
   return transmittance * alpha
+
+
+def occupied_intervals(key: jax.Array, origins: jax.Array, directions: jax.Array,
+                       near: jax.Array, far: jax.Array, occupied_fn, num_samples: int,
+                       num_candidates: int, *, randomized: bool):
+  """Stratified samples over only the occupied part of each ray (empty-space skipping).
+
+  [near, far] is cut into `num_candidates` equal bins; a bin is kept when its midpoint lies in
+  an occupied cell (`occupied_fn`). The kept bins, laid end to end, form a ray of length
+  S = Σ kept lengths, and `num_samples` stratified intervals are drawn along that compressed
+  ray exactly as `stratified_intervals` draws them along [near, far]; each is mapped back to
+  world depth through the piecewise-linear map s -> t. An interval that spans a skipped gap
+  keeps its compressed length δ (the gap holds no density), so the quadrature of NeRF Eq. 3
+  is unchanged: with every bin kept this is the uniform sampler, and with none every δ is 0
+  and the ray is empty.
+
+  Args:
+    origins, directions: [..., 3].
+    near, far: [...] the ray's span inside the bounding sphere.
+    occupied_fn: points [..., 3] -> [...] bool.
+    num_samples: intervals per ray; num_candidates: bins tested per ray.
+
+  Returns:
+    (t_mid [..., num_samples] depths of the interval centres, deltas [..., num_samples]).
+  """
+  u = jnp.linspace(0.0, 1.0, num_candidates + 1)
+  t_edges = near[..., None] + (far - near)[..., None] * u
+  t_bin = 0.5 * (t_edges[..., 1:] + t_edges[..., :-1])
+  occupied = occupied_fn(origins[..., None, :] + directions[..., None, :] * t_bin[..., None])
+  lengths = jnp.where(occupied, t_edges[..., 1:] - t_edges[..., :-1], 0.0)
+  s_edges = jnp.concatenate([jnp.zeros_like(lengths[..., :1]), jnp.cumsum(lengths, -1)], -1)
+  zero = jnp.zeros_like(near)
+  samples = stratified_intervals(key, zero, s_edges[..., -1], num_samples,
+                                 randomized=randomized)
+  s_mid = 0.5 * (samples[..., 1:] + samples[..., :-1])
+  interp = jnp.interp
+  for _ in range(near.ndim):
+    interp = jax.vmap(interp)
+  t_mid = interp(s_mid, s_edges, t_edges)
+  deltas = samples[..., 1:] - samples[..., :-1]
+  return jax.lax.stop_gradient(t_mid), jax.lax.stop_gradient(deltas)
 
 
 def resample_intervals(key: jax.Array, t_edges: jax.Array, weights: jax.Array,
@@ -144,18 +202,30 @@ def resample_intervals(key: jax.Array, t_edges: jax.Array, weights: jax.Array,
 
 
 def sample_gaussians(rays: cameras_lib.Rays, t_edges: jax.Array, *, cov_scale):
-  """Gaussians of the intervals along each ray.
+  """Gaussians of contiguous intervals along each ray (`interval_gaussians` of the edges).
 
   Args:
     rays: leading shape [...].
     t_edges: [..., num_samples + 1].
+
+  Returns:
+    means: [..., num_samples, 3] world positions; cov_diag: [..., num_samples, 3].
+  """
+  return interval_gaussians(rays, t_edges[..., :-1], t_edges[..., 1:], cov_scale=cov_scale)
+
+
+def interval_gaussians(rays: cameras_lib.Rays, t0: jax.Array, t1: jax.Array, *, cov_scale):
+  """Gaussians of the intervals [t0, t1] along each ray.
+
+  Args:
+    rays: leading shape [...].
+    t0, t1: [..., num_samples] interval starts and ends.
     cov_scale: DreamFusion's isotropic variance λ_Σ (App. A.2), or None for Mip-NeRF's
       conical frustums (diagonal of their covariance).
 
   Returns:
     means: [..., num_samples, 3] world positions; cov_diag: [..., num_samples, 3].
   """
-  t0, t1 = t_edges[..., :-1], t_edges[..., 1:]
   if cov_scale is None:
     means, covs = mip.conical_frustum_to_gaussian(rays.directions, t0, t1, rays.radii)
     cov_diag = jnp.diagonal(covs, axis1=-2, axis2=-1)
@@ -173,12 +243,15 @@ def composite(weights: jax.Array, values: jax.Array) -> jax.Array:
 def render_rays(rays: cameras_lib.Rays, *, field_fn: FieldFn, background_fn: BackgroundFn,
                 shading: Shading, key: jax.Array, num_samples: int = 64,
                 num_importance: int = 0, bound_radius: float = 1.4, cov_scale=None,
-                randomized: bool = True, normals: str = "autodiff") -> RenderOutput:
+                randomized: bool = True, normals: str = "autodiff", occupied_fn=None,
+                num_candidates: int = 0) -> RenderOutput:
   """Render rays through a field inside a sphere of radius `bound_radius`.
 
-  With `num_importance > 0`, a first pass of `num_samples` stratified samples (density only,
-  no gradient) places `num_importance` samples hierarchically, and only those are shaded and
-  returned; otherwise the stratified samples are.
+  Samples are placed by one of three samplers: `num_samples` stratified samples over the whole
+  ray (the paper's); with `num_importance > 0`, a first stratified pass (density only, no
+  gradient) places `num_importance` samples hierarchically, and only those are shaded and
+  returned; with `occupied_fn`, `num_samples` stratified samples over only the occupied part
+  of the ray (`occupied_intervals`, empty-space skipping).
 
   Args:
     rays: leading shape [...].
@@ -188,25 +261,38 @@ def render_rays(rays: cameras_lib.Rays, *, field_fn: FieldFn, background_fn: Bac
     key: PRNG key for the sample positions.
     normals: "autodiff", "finite_difference" or "none" (see field.density_normals); "none"
       is only right for albedo-only shading, which does not read normals.
+    occupied_fn: points [..., 3] -> [...] bool, e.g. `occupancy.is_occupied` of a grid.
+    num_candidates: bins per ray tested against `occupied_fn`.
 
   Returns:
     RenderOutput with leading shape [...].
   """
   k_coarse, k_fine = jax.random.split(key)
   near, far = intersect_sphere(rays.origins, rays.directions, bound_radius)
-  t_edges = stratified_intervals(k_coarse, near, far, num_samples, randomized=randomized)
-  if num_importance > 0:
-    means, cov_diag = sample_gaussians(rays, t_edges, cov_scale=cov_scale)
-    coarse_density, _ = field_fn(means, cov_diag)
-    t_edges = resample_intervals(k_fine, t_edges, compositing_weights(coarse_density, t_edges),
-                                 num_importance, randomized=randomized)
-  means, cov_diag = sample_gaussians(rays, t_edges, cov_scale=cov_scale)
+  if occupied_fn is not None:
+    if num_importance > 0:
+      raise ValueError("the occupancy sampler replaces hierarchical sampling: set "
+                       "num_importance to 0")
+    t_mid, deltas = occupied_intervals(k_coarse, rays.origins, rays.directions, near, far,
+                                       occupied_fn, num_samples, num_candidates,
+                                       randomized=randomized)
+    t0, t1 = t_mid - 0.5 * deltas, t_mid + 0.5 * deltas
+  else:
+    t_edges = stratified_intervals(k_coarse, near, far, num_samples, randomized=randomized)
+    if num_importance > 0:
+      means, cov_diag = sample_gaussians(rays, t_edges, cov_scale=cov_scale)
+      coarse_density, _ = field_fn(means, cov_diag)
+      t_edges = resample_intervals(k_fine, t_edges,
+                                   compositing_weights(coarse_density, t_edges),
+                                   num_importance, randomized=randomized)
+    t0, t1 = t_edges[..., :-1], t_edges[..., 1:]
+  means, cov_diag = interval_gaussians(rays, t0, t1, cov_scale=cov_scale)
   density, albedo, sample_normals = field_lib.density_normals(field_fn, means, cov_diag,
                                                               method=normals)
-  weights = compositing_weights(density, t_edges)
+  weights = interval_weights(density, t1 - t0)
   colors = shading_lib.shade(albedo, sample_normals, means, shading)
   accumulated_alpha = jnp.sum(weights, axis=-1)
-  t_mid = 0.5 * (t_edges[..., 1:] + t_edges[..., :-1])
+  t_mid = 0.5 * (t0 + t1)
   # The 1e-10 keeps empty rays at depth 0 instead of 0/0.
   depth = jnp.sum(weights * t_mid, axis=-1) / jnp.maximum(accumulated_alpha, 1e-10)
   rgb = composite(weights, colors) + (1.0 - accumulated_alpha)[..., None] * background_fn(

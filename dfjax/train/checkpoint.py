@@ -68,6 +68,12 @@ CHECKPOINT_SUBDIR = "checkpoints"
 # fields only change the files written at the end (a run saved before a new export field
 # existed resumes too); everything else changes what is being optimised.
 RESUMABLE_KEYS = ("train.steps", "export.")
+# Fields added to dfjax after runs were made, with the value that reproduces what such a run
+# did (None: any value, since the field is read only when another one is set). A run saved
+# without the field resumes when the current config has that value.
+ADDED_FIELDS = {"render.sampler": "uniform", "render.num_candidates": None,
+                "render.grid_resolution": None, "render.grid_every": None,
+                "render.grid_decay": None, "render.grid_threshold": None}
 # config.json is written as a temporary file of this prefix, then renamed.
 _TMP_PREFIX = ".tmp-"
 # How many differing fields the error message names before "and N more".
@@ -99,7 +105,8 @@ def config_differences(old: dict, new: dict, *, ignore: tuple[str, ...] = ()) ->
 
   Returns:
     One string per differing leaf, sorted by path; a field present on one side only is shown
-    as `<absent>` on the other.
+    as `<absent>` on the other, except a field of `ADDED_FIELDS` that the old config predates
+    and the new one sets to the old behaviour.
   """
   flat_old, flat_new = _flatten(old), _flatten(new)
   differences = []
@@ -107,6 +114,8 @@ def config_differences(old: dict, new: dict, *, ignore: tuple[str, ...] = ()) ->
     if any(path == key or (key.endswith(".") and path.startswith(key)) for key in ignore):
       continue
     before, after = flat_old.get(path, "<absent>"), flat_new.get(path, "<absent>")
+    if before == "<absent>" and path in ADDED_FIELDS and ADDED_FIELDS[path] in (None, after):
+      continue
     if before != after:
       differences.append(f"{path}: {_short_repr(before)} -> {_short_repr(after)}")
   return differences
@@ -290,6 +299,23 @@ def _leaf_name(path: tuple) -> str:
   return ".".join(parts)
 
 
+def _as_saved(tree: Any) -> Any:
+  """What is written for a state: a dataclass becomes the dict of its fields, less those that
+  are None (orbax stores a dataclass as that dict anyway), so a field added with a None
+  default (TrainState.occupancy) leaves older checkpoints readable."""
+  if dataclasses.is_dataclass(tree) and not isinstance(tree, type):
+    return {f.name: getattr(tree, f.name) for f in dataclasses.fields(tree)
+            if getattr(tree, f.name) is not None}
+  return tree
+
+
+def _from_saved(restored: Any, target: Any) -> Any:
+  """Inverse of `_as_saved`: the target's own type, rebuilt from the restored fields."""
+  if dataclasses.is_dataclass(target) and not isinstance(target, type):
+    return dataclasses.replace(target, **restored)
+  return restored
+
+
 def _shape_mismatches(saved_tree: Any, target: Any) -> list[str]:
   """Leaves whose shapes differ between a checkpoint's metadata tree and a restore target, or
   that exist in one only, as "name: saved (6,), model (7,)"."""
@@ -393,7 +419,7 @@ class Checkpointer:
     with self._storage_errors(step):
       started = self._manager.save(
           step, force=force,
-          args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+          args=ocp.args.Composite(state=ocp.args.StandardSave(_as_saved(state)),
                                   meta=ocp.args.JsonSave(meta)))
     if started:
       self._saving_step = step
@@ -446,16 +472,17 @@ class Checkpointer:
     if step is None or step not in self._manager.all_steps():
       raise UserError(f"no checkpoint {'' if step is None else step} in {self.directory}")
     target = abstract_like(target)
-    mismatches = _shape_mismatches(self._manager.item_metadata(step).state.tree, target)
+    saved_target = _as_saved(target)
+    mismatches = _shape_mismatches(self._manager.item_metadata(step).state.tree, saved_target)
     if mismatches:
       listed = ", ".join(mismatches[:_MAX_LISTED_DIFFERENCES])
       if len(mismatches) > _MAX_LISTED_DIFFERENCES:
         listed += f" and {len(mismatches) - _MAX_LISTED_DIFFERENCES} more"
       raise CheckpointMismatch(f"checkpoint {step} in {self.directory} does not fit the current "
                                f"model ({listed}); use a new --workdir")
-    restore_args = ocp.args.Composite(state=ocp.args.StandardRestore(target))
+    restore_args = ocp.args.Composite(state=ocp.args.StandardRestore(saved_target))
     try:
-      return self._manager.restore(step, args=restore_args).state
+      return _from_saved(self._manager.restore(step, args=restore_args).state, target)
     except ValueError as error:
       reason = str(error).strip().splitlines()[0][:200]
       raise UserError(f"checkpoint {step} in {self.directory} does not fit the current model "

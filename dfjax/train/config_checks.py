@@ -105,14 +105,17 @@ def check_config(config) -> None:
                "train.steps", "train.views_per_device", "train.log_every",
                "train.checkpoint_every", "train.keep_checkpoints", "export.resolution",
                "export.threshold", "export.bound", "export.video_frames",
-               "export.video_resolution", "optimizer.peak_learning_rate"):
+               "export.video_resolution", "optimizer.peak_learning_rate",
+               "render.num_candidates", "render.grid_resolution", "render.grid_every"):
     _positive(config, name)
   for name in ("render.num_importance", "train.image_every", "field.cov_scale_start",
                "field.cov_scale_end", "prior.guidance_scale", "loss.orientation_weight",
                "loss.opacity_weight", "optimizer.grad_clip", "camera.position_jitter",
-               "camera.look_at_std", "camera.up_std", "shading.albedo_warmup_steps"):
+               "camera.look_at_std", "camera.up_std", "shading.albedo_warmup_steps",
+               "render.grid_threshold"):
     _positive(config, name, allow_zero=True)
-  for name in ("camera.angle_uniform_prob", "shading.shaded_prob", "shading.textureless_prob"):
+  for name in ("camera.angle_uniform_prob", "shading.shaded_prob", "shading.textureless_prob",
+               "render.grid_decay"):
     _probability(config, name)
   _range(config, "camera.elevation_range", lo=-90.0, hi=90.0)
   _range(config, "camera.azimuth_range")
@@ -125,6 +128,10 @@ def check_config(config) -> None:
   _choice(config, "prior.dtype", ("float32", "bfloat16"))
   _choice(config, "background.kind", ("mlp", "fixed"))
   _choice(config, "render.normals", ("autodiff", "finite_difference"))
+  _choice(config, "render.sampler", ("uniform", "occupancy"))
+  if config.render.sampler == "occupancy" and config.render.num_importance > 0:
+    raise UserError("config.render.sampler = 'occupancy' replaces hierarchical sampling: set "
+                    "config.render.num_importance=0 or config.render.sampler=uniform")
   _choice(config, "optimizer.name", ("adam",))
   check_export(config.export)
 

@@ -23,6 +23,7 @@ import ml_collections
 from dfjax.scene import background as background_lib
 from dfjax.scene import cameras as cameras_lib
 from dfjax.scene import field as field_lib
+from dfjax.scene import occupancy as occupancy_lib
 from dfjax.scene import render as render_lib
 from dfjax.scene import shading as shading_lib
 
@@ -84,8 +85,59 @@ def init_params(scene: Scene, key: jax.Array):
   return params
 
 
-def render_view(scene: Scene, params, key: jax.Array, step):
+def field_density(scene: Scene, params, points: jax.Array, step) -> jax.Array:
+  """τ at points [..., 3] (as the renderer sees them at `step`, with λ_Σ's isotropic IPE)."""
+  cov = jnp.broadcast_to(cov_scale_at(step, scene.config), points.shape)
+  return scene.field.apply(params["field"], points, cov)[0]
+
+
+def _grid_key(scene: Scene, step):
+  # The same on every device and a function of (seed, step) only, so resumes are bitwise.
+  return jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(scene.config.seed),
+                                               0x6f636375), step)
+
+
+def initial_occupancy(scene: Scene, params):
+  """The occupancy grid of fresh parameters ([G, G, G]), or None for the uniform sampler."""
+  r = scene.config.render
+  if r.sampler != "occupancy":
+    return None
+  grid = jnp.zeros((r.grid_resolution,) * 3, jnp.float32)
+  return occupancy_lib.refresh_grid(
+      grid, lambda x: field_density(scene, params, x, 0), _grid_key(scene, 0),
+      bound=r.bound_radius, decay=0.0)
+
+
+def refresh_occupancy(scene: Scene, params, grid, step):
+  """The grid refreshed from `params` when step is a multiple of `render.grid_every`."""
+  if grid is None:
+    return None
+  r = scene.config.render
+  refresh = lambda: occupancy_lib.refresh_grid(
+      grid, lambda x: field_density(scene, params, x, step), _grid_key(scene, step),
+      bound=r.bound_radius, decay=r.grid_decay)
+  return jax.lax.cond(step % r.grid_every == 0, refresh, lambda: grid)
+
+
+def occupied_fn(scene: Scene, grid):
+  """points [..., 3] -> [...] bool for the renderer, or None (uniform sampler).
+
+  The threshold is `render.grid_threshold`, capped by the grid's mean so a field that is
+  faint everywhere is not skipped entirely (as stable-dreamfusion caps its density threshold).
+  """
+  if grid is None:
+    return None
+  r = scene.config.render
+  mask = occupancy_lib.occupied_cells(grid,
+                                      threshold=jnp.minimum(r.grid_threshold, jnp.mean(grid)))
+  return lambda points: occupancy_lib.is_occupied(mask, points, bound=r.bound_radius)
+
+
+def render_view(scene: Scene, params, key: jax.Array, step, occupancy=None):
   """Sample a camera, a light and a shading mode, and render them (App. A.2).
+
+  Args:
+    occupancy: [G, G, G] grid for `render.sampler = "occupancy"`, else None.
 
   Returns:
     (RenderOutput [H, W, ...], CameraSample).
@@ -105,8 +157,19 @@ def render_view(scene: Scene, params, key: jax.Array, step):
       background_fn=scene.background_fn(params), shading=shading,
       num_samples=config.render.num_samples, num_importance=config.render.num_importance,
       bound_radius=config.render.bound_radius, cov_scale=cov_scale_at(step, config),
-      randomized=True, normals=config.render.normals)
+      randomized=True, normals=config.render.normals,
+      occupied_fn=occupied_fn(scene, occupancy),
+      num_candidates=config.render.num_candidates)
   return out, sample
+
+
+def preview_samples(config) -> int:
+  """Samples per ray of the deterministic renders (previews, export, evaluation): the uniform
+  sampler's `num_samples`, or for the occupancy sampler `num_candidates`, its finest spacing.
+
+  Previews use the uniform sampler either way, so they do not depend on the grid."""
+  r = config.render
+  return r.num_candidates if r.sampler == "occupancy" else r.num_samples
 
 
 def preview_cameras(config, *, resolution: int):
@@ -139,7 +202,7 @@ def render_preview(scene: Scene, params, camera: cameras_lib.Camera, step, *, mo
       camera, key=jax.random.PRNGKey(0), chunk=config.render.chunk,
       field_fn=functools.partial(scene.field.apply, params["field"]),
       background_fn=scene.background_fn(params), shading=shading,
-      num_samples=config.render.num_samples, num_importance=config.render.num_importance,
+      num_samples=preview_samples(config), num_importance=config.render.num_importance,
       bound_radius=config.render.bound_radius, cov_scale=cov_scale_at(step, config),
       randomized=False, normals="none" if mode == "albedo" else config.render.normals)
   if mode == "normals":

@@ -22,16 +22,19 @@ from dfjax.train import step as step_lib
 def load_run_config(workdir: str) -> ml_collections.ConfigDict:
   """The config a run saved in WORKDIR/config.json.
 
-  Export fields added to dfjax after the run was made (the textured formats, the video format)
-  take the defaults of configs/dreamfusion.py, so older runs still export.
+  Export and render fields added to dfjax after the run was made (the textured formats, the
+  video format, the sampler) take the defaults of configs/dreamfusion.py, so older runs still
+  export and evaluate.
   """
   path = checkpoint_lib.as_path(workdir) / checkpoint_lib.CONFIG_FILENAME
   if not path.is_file():
     raise UserError(f"{path} not found: --workdir must be a dfjax run directory")
   config = ml_collections.ConfigDict(json.loads(path.read_text()))
-  for key, value in dreamfusion.export_config().items():
-    if key not in config.export:
-      config.export[key] = value
+  for section, defaults in (("export", dreamfusion.export_config()),
+                            ("render", dreamfusion.render_config())):
+    for key, value in defaults.items():
+      if key not in config[section]:
+        config[section][key] = value
   return config
 
 

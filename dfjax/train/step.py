@@ -39,12 +39,15 @@ class TrainState:
     opt_state: optax state.
     nonfinite_steps: [] int32 updates skipped because a gradient was not finite.
     consecutive_nonfinite: [] int32 of those, in a row up to now.
+    occupancy: [G, G, G] the occupancy grid of `render.sampler = "occupancy"`
+      (scene.occupancy), else None (so uniform-sampler checkpoints keep their old layout).
   """
   step: jax.Array
   params: Any
   opt_state: Any
   nonfinite_steps: jax.Array
   consecutive_nonfinite: jax.Array
+  occupancy: Any = None
 
 
 def learning_rate_schedule(config) -> optax.Schedule:
@@ -70,7 +73,8 @@ def create_train_state(scene: model_lib.Scene, optimizer, key: jax.Array) -> Tra
   return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                     opt_state=optimizer.init(params),
                     nonfinite_steps=jnp.zeros((), jnp.int32),
-                    consecutive_nonfinite=jnp.zeros((), jnp.int32))
+                    consecutive_nonfinite=jnp.zeros((), jnp.int32),
+                    occupancy=model_lib.initial_occupancy(scene, params))
 
 
 def view_key(seed: int, step, device_index, view_index):
@@ -79,11 +83,12 @@ def view_key(seed: int, step, device_index, view_index):
   return jax.random.fold_in(jax.random.fold_in(key, device_index), view_index)
 
 
-def view_loss(params, prior_params, key: jax.Array, step, *, scene: model_lib.Scene):
+def view_loss(params, prior_params, key: jax.Array, step, occupancy=None, *,
+              scene: model_lib.Scene):
   """SDS + regularisers of one sampled view. Returns (loss, metrics dict of scalars)."""
   config = scene.config
   k_view, k_sds = jax.random.split(key)
-  out, sample = model_lib.render_view(scene, params, k_view, step)
+  out, sample = model_lib.render_view(scene, params, k_view, step, occupancy)
   bucket = cameras_lib.view_bucket(sample.azimuth_deg, sample.elevation_deg)
   sds = sds_lib.score_distillation(
       scene.prior, prior_params, out.rgb[None], bucket[None], k_sds,
@@ -110,11 +115,11 @@ def device_gradients(state: TrainState, prior_params, device_index, *, scene: mo
     # The paper's one view per chip, and every shipped config: no batch axis. Under a vmap of
     # size 1 XLA:CPU ran the same FLOPs and bytes 1.2-1.4x slower (experiments/compare_step.py).
     key = view_key(scene.config.seed, state.step, device_index, 0)
-    return grad_fn(state.params, prior_params, key, state.step)
+    return grad_fn(state.params, prior_params, key, state.step, state.occupancy)
   keys = jax.vmap(lambda v: view_key(scene.config.seed, state.step, device_index, v))(
       jnp.arange(views))
-  grads, metrics = jax.vmap(grad_fn, in_axes=(None, None, 0, None))(
-      state.params, prior_params, keys, state.step)
+  grads, metrics = jax.vmap(grad_fn, in_axes=(None, None, 0, None, None))(
+      state.params, prior_params, keys, state.step, state.occupancy)
   return jax.tree.map(lambda g: jnp.mean(g, axis=0), (grads, metrics))
 
 
@@ -130,15 +135,20 @@ def apply_gradients(state: TrainState, grads, optimizer) -> tuple[TrainState, di
       step=state.step + 1, params=keep(params, state.params),
       opt_state=keep(opt_state, state.opt_state),
       nonfinite_steps=state.nonfinite_steps + skipped,
-      consecutive_nonfinite=(state.consecutive_nonfinite + 1) * skipped)
+      consecutive_nonfinite=(state.consecutive_nonfinite + 1) * skipped,
+      occupancy=state.occupancy)
   grad_norm = optax.global_norm(safe_grads)
   return new_state, {"grad_norm": grad_norm, "skipped": skipped.astype(jnp.float32),
                      "nonfinite_steps": new_state.nonfinite_steps.astype(jnp.float32)}
 
 
 def _update(state, grads, metrics, *, scene, optimizer):
-  """Apply the device-averaged gradients; metrics gain the update's and the learning rate."""
+  """Apply the device-averaged gradients and refresh the occupancy grid (every
+  `render.grid_every` steps, from the new parameters); metrics gain the update's and the
+  learning rate."""
   state, update_metrics = apply_gradients(state, grads, optimizer)
+  state = state.replace(occupancy=model_lib.refresh_occupancy(scene, state.params,
+                                                              state.occupancy, state.step))
   learning_rate = learning_rate_schedule(scene.config)(state.step - 1)
   return state, dict(metrics, **update_metrics, learning_rate=learning_rate)
 

@@ -1,0 +1,159 @@
+"""The paper's uniform sampler against empty-space skipping (render.sampler = "occupancy").
+
+  python experiments/bench_sampler.py                       # step times, toy and bank setups
+  python experiments/bench_sampler.py --objects=yellow_duck,blue_chair --seeds=0,1
+                                                            # and runs scored on toy objects
+
+Part 1 times one device's jitted train step (XLA's FLOPs and bytes too) for each sampler
+variant of each setup (profile_step.py's toy and bank setups), round after round in one
+process, so a drifting machine load favours no variant. The occupancy variants' grids are
+taken from a field trained for 200 steps, so the step skips what a run's step skips, not the
+fresh field's everywhere-occupied grid.
+Part 2 trains configs/toy.py with each variant on the given objects and seeds (the README's
+command, timed, export off) and scores each run against the true object (mesh IoU, held-out
+silhouette IoU and PSNR, as experiments/run_ablations.py does).
+Both tables are printed and appended to experiments/results/bench.md.
+"""
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import jax
+import jax.numpy as jnp
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import append_table  # pylint: disable=g-import-not-at-top
+import profile_step  # pylint: disable=g-import-not-at-top
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# name -> config overrides; "uniform" is the paper's sampler as the configs set it.
+VARIANTS = {
+    "uniform": {},
+    "occupancy, same samples": {"render.sampler": "occupancy"},
+    "occupancy, half the samples": {"render.sampler": "occupancy", "num_samples": 0.5},
+}
+
+
+def apply(config, overrides: dict):
+  for name, value in overrides.items():
+    if name == "num_samples":  # a fraction of the setup's own count
+      config.render.num_samples = int(config.render.num_samples * value)
+    else:
+      section, key = name.split(".")
+      config[section][key] = value
+  return config
+
+
+def build(setup: str, overrides: dict, *, warm_steps: int):
+  """profile_step.build with the overrides; the state after `warm_steps` training steps."""
+  from dfjax.train import model as model_lib  # pylint: disable=g-import-not-at-top
+  from dfjax.train import prior_setup  # pylint: disable=g-import-not-at-top
+  from dfjax.train import step as step_lib  # pylint: disable=g-import-not-at-top
+  config = apply(profile_step.setup_config(setup), overrides)
+  prior, camera_kwargs = prior_setup.build_prior(config)
+  scene = model_lib.create_scene(config, prior, camera_kwargs=camera_kwargs)
+  optimizer = step_lib.create_optimizer(config)
+  state = step_lib.create_train_state(scene, optimizer, jax.random.PRNGKey(0))
+  mesh = step_lib.make_mesh(jax.devices()[:1])
+  train_step = step_lib.make_train_step(scene, optimizer, mesh)
+  prior_params = step_lib.replicate(prior.params, mesh)
+  state = step_lib.replicate(state, mesh)
+  for _ in range(warm_steps):
+    state, _ = train_step(state, prior_params)
+  flops, gigabytes = profile_step.cost(train_step, state, prior_params)
+  timed = lambda: jax.block_until_ready(train_step(jax.tree.map(jnp.copy, state),
+                                                   prior_params))
+  return timed, flops, gigabytes
+
+
+def step_times(setups, *, rounds: int, repeats: int, warm_steps: int):
+  rows = []
+  for setup in setups:
+    built = {name: build(setup, overrides, warm_steps=warm_steps)
+             for name, overrides in VARIANTS.items()}
+    times = {name: [] for name in VARIANTS}
+    for _ in range(rounds):
+      for name, (timed, _, _) in built.items():
+        timed()
+        for _ in range(repeats):
+          start = time.perf_counter()
+          timed()
+          times[name].append(time.perf_counter() - start)
+    base = statistics.median(times["uniform"])
+    for name, (_, flops, gigabytes) in built.items():
+      median = statistics.median(times[name])
+      rows.append([setup, name, f"{flops:.2f}", f"{gigabytes:.2f}", f"{median * 1e3:.0f}",
+                   f"{base / median:.2f}"])
+      print(rows[-1], flush=True)
+  return rows
+
+
+def distil(object_name: str, seed: int, overrides: dict, runs_dir: str):
+  """configs/toy.py on one object with the overrides, timed, then scored."""
+  from configs import toy  # pylint: disable=g-import-not-at-top
+  from dfjax.eval import ablations  # pylint: disable=g-import-not-at-top
+  from dfjax.train import restore  # pylint: disable=g-import-not-at-top
+  caption = ablations.OBJECT_BY_NAME[object_name]().caption
+  flags = [f"--config.{k}={v}" for k, v in overrides.items() if k != "num_samples"]
+  if "num_samples" in overrides:
+    samples = int(toy.get_config().render.num_samples * overrides["num_samples"])
+    flags.append(f"--config.render.num_samples={samples}")
+  workdir = os.path.join(runs_dir, f"{object_name}_seed{seed}_{len(flags)}")
+  command = [sys.executable, "-m", "dfjax.main", "--config=configs/toy.py",
+             f"--workdir={workdir}", f"--config.prompt={caption}", f"--config.seed={seed}",
+             "--config.export.at_end=False"] + flags
+  start = time.time()
+  subprocess.run(command, cwd=ROOT, check=True, capture_output=True)
+  seconds = time.time() - start
+  config = restore.load_run_config(workdir)
+  scene, params, step = restore.restore_params(config, workdir, step=None)
+  scores, _ = ablations.score_run(scene, jax.device_get(params), step, object_name)
+  return seconds, scores
+
+
+def quality(objects, seeds, runs_dir: str):
+  rows = []
+  for object_name in objects:
+    for seed in seeds:
+      for name, overrides in VARIANTS.items():  # alternating, as the step times are
+        seconds, s = distil(object_name, seed, overrides, runs_dir)
+        rows.append([object_name, seed, name, f"{seconds:.0f}", f"{s['iou']:.3f}",
+                     f"{s['mask_iou']:.3f}", f"{s['psnr']:.1f}", f"{s['empty_density']:.3f}"])
+        print(rows[-1], flush=True)
+  return rows
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--setups", default="toy,bank")
+  parser.add_argument("--rounds", type=int, default=3)
+  parser.add_argument("--repeats", type=int, default=5)
+  parser.add_argument("--warm_steps", type=int, default=200)
+  parser.add_argument("--objects", default="", help="toy objects to distil (comma-separated)")
+  parser.add_argument("--seeds", default="0")
+  parser.add_argument("--runs_dir", default="", help="run folders (default: a temporary one)")
+  args = parser.parse_args()
+  command = "python experiments/bench_sampler.py " + " ".join(sys.argv[1:])
+  if args.setups:
+    rows = step_times(args.setups.split(","), rounds=args.rounds, repeats=args.repeats,
+                      warm_steps=args.warm_steps)
+    append_table(f"Samplers: the train step after {args.warm_steps} steps (alternating "
+                 "rounds, one device)",
+                 ["setup", "sampler", "GFLOP", "GB accessed", "ms (median)",
+                  "speed-up vs uniform"], rows, command=command)
+  if args.objects:
+    with tempfile.TemporaryDirectory() as scratch:
+      rows = quality(args.objects.split(","), [int(s) for s in args.seeds.split(",")],
+                     args.runs_dir or scratch)
+    append_table("Samplers: configs/toy.py runs scored against the true objects",
+                 ["object", "seed", "sampler", "seconds (command, export off)", "mesh IoU",
+                  "held-out silhouette IoU", "held-out PSNR", "empty-space density"], rows,
+                 command=command)
+
+
+if __name__ == "__main__":
+  main()
