@@ -37,6 +37,7 @@ flags.DEFINE_list("seeds", ["0"], "Seeds of the distillation runs.")
 flags.DEFINE_string("grid", "", "Write the sample grid here (PNG).")
 flags.DEFINE_string("runs_dir", os.path.join(REPO, "runs", "eval_toy_sd"), "Run folders.")
 flags.DEFINE_list("extra", [], "Extra --config.X=Y overrides of the distillation runs.")
+flags.DEFINE_string("results", RESULTS, "Markdown file the tables are appended to.")
 FLAGS = flags.FLAGS
 
 
@@ -140,7 +141,7 @@ def main(argv):
         print(lines[-1], flush=True)
   text = "\n".join(lines) + "\n\n"
   print(text)
-  with open(RESULTS, "a") as f:
+  with open(FLAGS.results, "a") as f:
     f.write(text)
 
 
