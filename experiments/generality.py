@@ -27,6 +27,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 flags.DEFINE_string("out", "", "bank: where to write the bank (.npz).")
+flags.DEFINE_list("shadings", ["albedo", "lambertian", "lambertian_textureless"],
+                  "bank: the shadings rendered, all in one bank with the same captions (as the "
+                  "toy world's three banks).")
 flags.DEFINE_string("pipeline", "", "distil: the pipeline trained on the bank.")
 flags.DEFINE_string("runs_dir", "runs/generality", "distil: run folders.")
 flags.DEFINE_list("seeds", ["0"], "distil: seeds.")
@@ -79,14 +82,16 @@ def objects():
 
 
 def make_bank():
+  import numpy as np  # pylint: disable=g-import-not-at-top
   from dfjax.priors import bank as bank_lib  # pylint: disable=g-import-not-at-top
   from dfjax.toy import banks  # pylint: disable=g-import-not-at-top
-  arrays = banks.make_bank(objects(), resolution=32, num_views=160,
+  parts = [banks.make_bank(objects(), resolution=32, num_views=160, shading=shading,
                            elevation_range_deg=ELEVATION_RANGE, distance_range=DISTANCE_RANGE,
-                           fov_range_deg=FOV_RANGE, seed=7)
+                           fov_range_deg=FOV_RANGE, seed=7) for shading in FLAGS.shadings]
+  arrays = {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
   os.makedirs(os.path.dirname(os.path.abspath(FLAGS.out)), exist_ok=True)
   bank_lib.save_bank(FLAGS.out, **arrays)
-  print(f"{len(arrays['images'])} images written to {FLAGS.out}")
+  print(f"{len(arrays['images'])} images ({', '.join(FLAGS.shadings)}) written to {FLAGS.out}")
 
 
 def score(obj, workdir):
@@ -102,8 +107,9 @@ def score(obj, workdir):
   scene, params, step = restore.restore_params(config, workdir, step=None)
   params = jax.device_get(params)
   r = config.render
-  render, density_fn = ablations.evaluators(scene.field, (r.num_samples, r.num_importance,
-                                                          r.bound_radius, r.normals, r.chunk))
+  render, density_fn = ablations.evaluators(
+      scene.field, (model_lib.preview_samples(config), r.num_importance, r.bound_radius,
+                    r.normals, r.chunk))
   cov_scale = np.float32(model_lib.cov_scale_at(step, config))
   ious, psnrs = [], []
   for azimuth in range(0, 360, 30):

@@ -3,10 +3,12 @@
 `Scene` holds the static parts of a step: the Mip-NeRF field, the environment-map background
 (or a fixed colour), the prior, the camera ranges and the run's config. From it come the
 parameters (`init_params`), the annealed hyperparameters of App. A.2 (λ_Σ, the orientation
-weight), one training view with a sampled camera, light and shading (`render_view`), and the
-deterministic previews used by the logs, the export and the evaluation (`render_preview`).
+weight), one training view with a sampled camera, light and shading (`render_view`), the
+occupancy grid of the empty-space-skipping sampler (`initial_occupancy`, `refresh_occupancy`,
+`occupied_fn`), and the deterministic previews used by the logs, the export and the
+evaluation (`render_preview`).
 
-Data flow: scene (cameras, field, background, shading, render) -> here -> train.step,
+Data flow: scene (cameras, field, occupancy, background, shading, render) -> here -> train.step,
 train.loop, export, eval. Along with train.prior_setup, the only library code that reads the
 config.
 """
@@ -167,7 +169,8 @@ def preview_samples(config) -> int:
   """Samples per ray of the deterministic renders (previews, export, evaluation): the uniform
   sampler's `num_samples`, or for the occupancy sampler `num_candidates`, its finest spacing.
 
-  Previews use the uniform sampler either way, so they do not depend on the grid."""
+  Previews use the uniform sampler either way, so they do not depend on the grid.
+  """
   r = config.render
   return r.num_candidates if r.sampler == "occupancy" else r.num_samples
 

@@ -40,7 +40,7 @@ class TrainState:
     nonfinite_steps: [] int32 updates skipped because a gradient was not finite.
     consecutive_nonfinite: [] int32 of those, in a row up to now.
     occupancy: [G, G, G] the occupancy grid of `render.sampler = "occupancy"`
-      (scene.occupancy), else None (so uniform-sampler checkpoints keep their old layout).
+      (dfjax.scene.occupancy), else None (so uniform-sampler checkpoints keep their layout).
   """
   step: jax.Array
   params: Any
