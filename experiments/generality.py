@@ -7,11 +7,12 @@
 
 The bank holds three objects the toy world does not have (a purple table, an orange rocket, a
 teal lamp), built here from the same SDF primitives, seen from other cameras than the toy
-banks' (elevation 0-50 degrees, distance 1.7-2.0, field of view 40-48 degrees), in albedo
-shading, 32x32. A pipeline is trained on it with the default config, then each object is
-distilled with configs/toy_sd.py pointed at that pipeline and at the bank's cameras, and scored
-against its true shape: mesh IoU, held-out silhouette IoU and PSNR over 12 azimuths at 25
-degrees elevation. Results are appended to experiments/results/toy_sd.md.
+banks' (elevation 0-50 degrees, distance 1.7-2.0, field of view 40-48 degrees), 32x32, in
+the three shadings the toy world's prior is trained on (albedo, Lambertian, textureless; one
+bank file, the same captions), unless --shadings says otherwise. A pipeline is trained on it
+with the default config, then each object is distilled with configs/toy_sd.py pointed at that
+pipeline and at the bank's cameras, and scored against its true shape: mesh IoU, held-out
+silhouette IoU and PSNR over 12 azimuths at 25 degrees elevation. Results are appended to experiments/results/toy_sd.md.
 """
 import datetime
 import math
