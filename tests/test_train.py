@@ -24,6 +24,11 @@ def tiny_config():
   config.field.hidden_units = 16
   config.field.max_deg = 4
   config.render.num_samples = 8
+  # Empty-space skipping, so the sharded step is also checked with the grid in its state
+  # (the uniform sampler is every other test's); refreshed after every step.
+  config.render.sampler = "occupancy"
+  config.render.num_candidates, config.render.grid_resolution = 16, 6
+  config.render.grid_every, config.render.grid_decay = 1, 0.5
   config.shading.albedo_warmup_steps = 0  # exercise lit and textureless views from step 0
   config.train.steps = 10
   return config
@@ -84,6 +89,7 @@ def test_sharded_step_equals_single_device_over_the_same_views(setup):
                       scaled_atol=1e-5)
   for name in ("loss", "loss_sds", "grad_norm", "t"):
     np.testing.assert_allclose(metrics[name], expected_metrics[name], rtol=1e-5)
+  _assert_occupancy_refreshed(scene, state, sharded_state)
   # The step moved the parameters, and the four devices saw different views.
   moved = jax.tree.leaves(jax.tree.map(lambda a, b: jnp.max(jnp.abs(a - b)),
                                        sharded_state.params, state.params))
@@ -92,6 +98,25 @@ def test_sharded_step_equals_single_device_over_the_same_views(setup):
                                        num_devices=1))(state, prior.params)[1]
   assert abs(float(one_view["grad_norm"]) - float(metrics["grad_norm"])) > 1e-3 * float(
       metrics["grad_norm"])
+
+
+def _assert_occupancy_refreshed(scene, state, stepped):
+  """The grid starts as the fresh field's density at one random point per cell, and after a
+  step (grid_every = 1) is max(decay g, τ) of the updated field, the same on every device."""
+  from dfjax.scene import occupancy  # pylint: disable=g-import-not-at-top
+  r = scene.config.render
+  def density_at_cells(params, step):
+    points = occupancy.cell_points(model_lib._grid_key(scene, step),  # pylint: disable=protected-access
+                                   resolution=r.grid_resolution, bound=r.bound_radius)
+    return model_lib.field_density(scene, params, points, step)
+  initial = density_at_cells(state.params, 0)
+  np.testing.assert_allclose(state.occupancy, initial, rtol=1e-6)
+  fresh = density_at_cells(jax.device_get(stepped.params), 1)
+  assert not np.allclose(fresh, initial)  # the update moved the density
+  np.testing.assert_allclose(stepped.occupancy, np.maximum(r.grid_decay * initial, fresh),
+                             rtol=1e-5)
+  shards = [np.asarray(s.data) for s in stepped.occupancy.addressable_shards]
+  assert len(shards) == 4 and all(np.array_equal(x, shards[0]) for x in shards)
 
 
 def test_views_are_a_function_of_seed_step_and_device(setup):
@@ -200,37 +225,3 @@ def test_several_views_per_device_average_the_single_view_gradients(setup):
       state, prior.params, 1)
   _assert_trees_close(single, per_view[0][0], rtol=1e-4, scaled_atol=1e-5)
 
-
-def test_the_occupancy_grid_is_refreshed_inside_the_sharded_step(setup):
-  """render.sampler = "occupancy": the grid starts as the fresh field's density at one point
-  per cell, is refreshed as max(decay g, τ) from the updated parameters every grid_every
-  steps and left alone in between, and is the same on every device."""
-  from dfjax.scene import occupancy  # pylint: disable=g-import-not-at-top
-  config, prior, scene, optimizer, _ = setup
-  config = config.copy_and_resolve_references()
-  r = config.render
-  r.sampler, r.grid_resolution, r.grid_every, r.grid_decay, r.num_candidates = (
-      "occupancy", 6, 2, 0.5, 16)
-  scene = model_lib.create_scene(config, prior, camera_kwargs=scene.camera_kwargs)
-  state = step_lib.create_train_state(scene, optimizer, jax.random.PRNGKey(0))
-  density = lambda params, step: (
-      lambda x: model_lib.field_density(scene, params, x, step))
-  points = lambda step: occupancy.cell_points(model_lib._grid_key(scene, step),  # pylint: disable=protected-access
-                                              resolution=6, bound=r.bound_radius)
-  np.testing.assert_allclose(state.occupancy, density(state.params, 0)(points(0)), rtol=1e-6)
-  mesh = step_lib.make_mesh()
-  step = step_lib.make_train_step(scene, optimizer, mesh)
-  sharded = step_lib.replicate(state, mesh)
-  for expected_step in (1, 2):
-    previous = np.asarray(sharded.occupancy)
-    sharded, metrics = step(sharded, step_lib.replicate(prior.params, mesh))
-    assert float(metrics["skipped"]) == 0.0 and int(sharded.step) == expected_step
-    shards = [np.asarray(s.data) for s in sharded.occupancy.addressable_shards]
-    assert len(shards) == 4 and all(np.array_equal(s, shards[0]) for s in shards)
-    if expected_step % 2:
-      np.testing.assert_array_equal(sharded.occupancy, previous)
-    else:
-      fresh = density(jax.device_get(sharded.params), expected_step)(points(expected_step))
-      assert not np.allclose(fresh, previous)  # the parameters moved the density
-      np.testing.assert_allclose(sharded.occupancy, np.maximum(0.5 * previous, fresh),
-                                 rtol=1e-5)
