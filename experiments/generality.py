@@ -12,7 +12,8 @@ the three shadings the toy world's prior is trained on (albedo, Lambertian, text
 bank file, the same captions), unless --shadings says otherwise. A pipeline is trained on it
 with the default config, then each object is distilled with configs/toy_sd.py pointed at that
 pipeline and at the bank's cameras, and scored against its true shape: mesh IoU, held-out
-silhouette IoU and PSNR over 12 azimuths at 25 degrees elevation. Results are appended to experiments/results/toy_sd.md.
+silhouette IoU and PSNR over 12 azimuths at 25 degrees elevation. Results are appended to
+experiments/results/toy_sd.md.
 """
 import datetime
 import math
@@ -107,10 +108,7 @@ def score(obj, workdir):
   config = restore.load_run_config(workdir)
   scene, params, step = restore.restore_params(config, workdir, step=None)
   params = jax.device_get(params)
-  r = config.render
-  render, density_fn = ablations.evaluators(
-      scene.field, (model_lib.preview_samples(config), r.num_importance, r.bound_radius,
-                    r.normals, r.chunk))
+  render, density_fn = ablations.evaluators(scene.field, ablations.render_settings_of(config))
   cov_scale = np.float32(model_lib.cov_scale_at(step, config))
   ious, psnrs = [], []
   for azimuth in range(0, 360, 30):

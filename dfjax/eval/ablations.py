@@ -166,6 +166,13 @@ def render_learned(field, params, camera, cov_scale, *, render_settings):
       cov_scale=cov_scale, randomized=False, normals=normals)
 
 
+def render_settings_of(config) -> tuple:
+  """`evaluators`' render settings for a run's config (the sampler's preview sample count)."""
+  r = config.render
+  return (model_lib.preview_samples(config), r.num_importance, r.bound_radius, r.normals,
+          r.chunk)
+
+
 @functools.lru_cache(maxsize=None)
 def evaluators(field, render_settings):
   """Jitted renderer and density of a field architecture, shared by all runs that use it.
@@ -213,10 +220,7 @@ def photo_shading(object_name, num_lights=1024):
 def score_run(scene, params, step, object_name):
   """Every metric of a finished run against the true object (a dict of floats)."""
   obj, truth, true_occupancy = ground_truth(object_name)
-  r = scene.config.render
-  render, density_fn = evaluators(scene.field, (model_lib.preview_samples(scene.config),
-                                                r.num_importance, r.bound_radius, r.normals,
-                                                r.chunk))
+  render, density_fn = evaluators(scene.field, render_settings_of(scene.config))
   cov_scale = jnp.float32(model_lib.cov_scale_at(step, scene.config))
   outs = [jax.device_get(render(params, eval_camera(a), cov_scale)) for a in EVAL_AZIMUTHS]
   rgb = np.stack([np.clip(o.rgb, 0, 1) for o in outs])
