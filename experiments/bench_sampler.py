@@ -30,11 +30,13 @@ from common import append_table  # pylint: disable=g-import-not-at-top
 import profile_step  # pylint: disable=g-import-not-at-top
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# name -> config overrides; "uniform" is the paper's sampler as the configs set it.
+# key -> (name in the tables, config overrides); "uniform" is the paper's sampler as the
+# configs set it.
 VARIANTS = {
-    "uniform": {},
-    "occupancy, same samples": {"render.sampler": "occupancy"},
-    "occupancy, half the samples": {"render.sampler": "occupancy", "num_samples": 0.5},
+    "uniform": ("uniform", {}),
+    "occupancy": ("occupancy, same samples", {"render.sampler": "occupancy"}),
+    "occupancy_half": ("occupancy, half the samples",
+                       {"render.sampler": "occupancy", "num_samples": 0.5}),
 }
 
 
@@ -70,12 +72,11 @@ def build(setup: str, overrides: dict, *, warm_steps: int):
   return timed, flops, gigabytes
 
 
-def step_times(setups, *, rounds: int, repeats: int, warm_steps: int):
+def step_times(setups, variants, *, rounds: int, repeats: int, warm_steps: int):
   rows = []
   for setup in setups:
-    built = {name: build(setup, overrides, warm_steps=warm_steps)
-             for name, overrides in VARIANTS.items()}
-    times = {name: [] for name in VARIANTS}
+    built = {key: build(setup, VARIANTS[key][1], warm_steps=warm_steps) for key in variants}
+    times = {key: [] for key in variants}
     for _ in range(rounds):
       for name, (timed, _, _) in built.items():
         timed()
@@ -83,26 +84,27 @@ def step_times(setups, *, rounds: int, repeats: int, warm_steps: int):
           start = time.perf_counter()
           timed()
           times[name].append(time.perf_counter() - start)
-    base = statistics.median(times["uniform"])
-    for name, (_, flops, gigabytes) in built.items():
-      median = statistics.median(times[name])
-      rows.append([setup, name, f"{flops:.2f}", f"{gigabytes:.2f}", f"{median * 1e3:.0f}",
-                   f"{base / median:.2f}"])
+    base = statistics.median(times[variants[0]])
+    for key, (_, flops, gigabytes) in built.items():
+      median = statistics.median(times[key])
+      rows.append([setup, VARIANTS[key][0], f"{flops:.2f}", f"{gigabytes:.2f}",
+                   f"{median * 1e3:.0f}", f"{base / median:.2f}"])
       print(rows[-1], flush=True)
   return rows
 
 
-def distil(object_name: str, seed: int, overrides: dict, runs_dir: str):
+def distil(object_name: str, seed: int, key: str, runs_dir: str):
   """configs/toy.py on one object with the overrides, timed, then scored."""
   from configs import toy  # pylint: disable=g-import-not-at-top
   from dfjax.eval import ablations  # pylint: disable=g-import-not-at-top
   from dfjax.train import restore  # pylint: disable=g-import-not-at-top
   caption = ablations.OBJECT_BY_NAME[object_name]().caption
+  overrides = VARIANTS[key][1]
   flags = [f"--config.{k}={v}" for k, v in overrides.items() if k != "num_samples"]
   if "num_samples" in overrides:
     samples = int(toy.get_config().render.num_samples * overrides["num_samples"])
     flags.append(f"--config.render.num_samples={samples}")
-  workdir = os.path.join(runs_dir, f"{object_name}_seed{seed}_{len(flags)}")
+  workdir = os.path.join(runs_dir, f"{object_name}_seed{seed}_{key}")
   command = [sys.executable, "-m", "dfjax.main", "--config=configs/toy.py",
              f"--workdir={workdir}", f"--config.prompt={caption}", f"--config.seed={seed}",
              "--config.export.at_end=False"] + flags
@@ -115,15 +117,22 @@ def distil(object_name: str, seed: int, overrides: dict, runs_dir: str):
   return seconds, scores
 
 
-def quality(objects, seeds, runs_dir: str):
-  rows = []
+def quality(objects, seeds, variants, runs_dir: str):
+  """A row per run, then a mean row per variant when there is more than one run each."""
+  rows, means = [], {key: [] for key in variants}
   for object_name in objects:
     for seed in seeds:
-      for name, overrides in VARIANTS.items():  # alternating, as the step times are
-        seconds, s = distil(object_name, seed, overrides, runs_dir)
-        rows.append([object_name, seed, name, f"{seconds:.0f}", f"{s['iou']:.3f}",
+      for key in variants:  # alternating, as the step times are
+        seconds, s = distil(object_name, seed, key, runs_dir)
+        means[key].append([seconds, s["iou"], s["mask_iou"], s["psnr"], s["empty_density"]])
+        rows.append([object_name, seed, VARIANTS[key][0], f"{seconds:.0f}", f"{s['iou']:.3f}",
                      f"{s['mask_iou']:.3f}", f"{s['psnr']:.1f}", f"{s['empty_density']:.3f}"])
         print(rows[-1], flush=True)
+  if len(objects) * len(seeds) > 1:
+    for key, values in means.items():
+      mean = [statistics.fmean(column) for column in zip(*values)]
+      rows.append([f"**mean of {len(values)}**", "", VARIANTS[key][0], f"{mean[0]:.0f}",
+                   f"{mean[1]:.3f}", f"{mean[2]:.3f}", f"{mean[3]:.1f}", f"{mean[4]:.3f}"])
   return rows
 
 
@@ -135,20 +144,25 @@ def main():
   parser.add_argument("--warm_steps", type=int, default=200)
   parser.add_argument("--objects", default="", help="toy objects to distil (comma-separated)")
   parser.add_argument("--seeds", default="0")
+  parser.add_argument("--variants", default=",".join(VARIANTS),
+                      help=f"samplers to compare, the first the baseline: {', '.join(VARIANTS)}")
   parser.add_argument("--runs_dir", default="", help="run folders (default: a temporary one)")
   args = parser.parse_args()
   command = "python experiments/bench_sampler.py " + " ".join(sys.argv[1:])
+  variants = args.variants.split(",")
+  if unknown := [key for key in variants if key not in VARIANTS]:
+    parser.error(f"unknown variant {unknown[0]!r}; choose from {', '.join(VARIANTS)}")
   if args.setups:
-    rows = step_times(args.setups.split(","), rounds=args.rounds, repeats=args.repeats,
+    rows = step_times(args.setups.split(","), variants, rounds=args.rounds, repeats=args.repeats,
                       warm_steps=args.warm_steps)
     append_table(f"Samplers: the train step after {args.warm_steps} steps (alternating "
                  "rounds, one device)",
                  ["setup", "sampler", "GFLOP", "GB accessed", "ms (median)",
-                  "speed-up vs uniform"], rows, command=command)
+                  f"speed-up vs {VARIANTS[variants[0]][0]}"], rows, command=command)
   if args.objects:
     with tempfile.TemporaryDirectory() as scratch:
       rows = quality(args.objects.split(","), [int(s) for s in args.seeds.split(",")],
-                     args.runs_dir or scratch)
+                     variants, args.runs_dir or scratch)
     append_table("Samplers: configs/toy.py runs scored against the true objects",
                  ["object", "seed", "sampler", "seconds (command, export off)", "mesh IoU",
                   "held-out silhouette IoU", "held-out PSNR", "empty-space density"], rows,
