@@ -155,6 +155,24 @@ def test_lambertian_shading_of_a_sphere():
                                atol=0.03)
 
 
+def test_the_albedo_of_a_lit_render_is_the_albedo_only_render():
+  """RenderOutput.albedo under textureless light = rgb of an albedo-only render of the same
+  rays: one pass gives the previews' colour and shaded images (model.render_preview)."""
+  def field_fn(means, cov_diag):  # a soft sphere whose colour varies over space
+    density, _ = _sphere_field(0.5, tau=40.0, softness=0.05)(means, cov_diag)
+    return density, jax.nn.sigmoid(3.0 * means[..., [2, 0, 1]])
+  rays = cameras.generate_rays(_camera(width=12))
+  sky = lambda directions: 0.5 + 0.5 * directions  # a background that varies too
+  lit = shading.Shading(light_position=jnp.array([1.0, 1.5, 1.2]), ambient=jnp.array(0.2),
+                        diffuse=jnp.array(0.8), textureless=jnp.array(1.0))
+  shaded = _render(field_fn, rays, shading=lit, background_fn=sky, num_samples=48)
+  plain = _render(field_fn, rays, background_fn=sky, num_samples=48, normals="none")
+  alpha = np.asarray(plain.accumulated_alpha)
+  assert alpha.max() > 0.9 and alpha.min() < 0.1  # opaque, translucent and empty rays
+  assert np.abs(np.asarray(shaded.rgb) - np.asarray(shaded.albedo)).max() > 0.2
+  np.testing.assert_allclose(shaded.albedo, plain.rgb, atol=1e-6)
+
+
 def test_chunked_image_equals_one_pass():
   camera = _camera(width=10)
   kwargs = dict(field_fn=_sphere_field(0.5, tau=30.0, softness=0.05), background_fn=WHITE,

@@ -41,10 +41,10 @@ def turntable_frames(scene, params, *, step: int) -> np.ndarray:
   cameras = video_lib.turntable_cameras(num_frames=e.video_frames, elevation_deg=e.video_elevation,
                                         distance=e.video_distance, fov_deg=e.video_fov,
                                         resolution=e.video_resolution)
-  preview = jax.jit(functools.partial(model_lib.render_preview, scene), static_argnames="mode")
-  videos = [np.stack([np.asarray(preview(params, camera, step, mode=mode)) for camera in cameras])
-            for mode in ("albedo", "normals", "textureless")]
-  return video_lib.side_by_side(videos)
+  preview = jax.jit(functools.partial(model_lib.render_preview, scene))
+  frames = [jax.device_get(preview(params, camera, step)) for camera in cameras]
+  return video_lib.side_by_side([np.stack([frame[mode] for frame in frames])
+                                 for mode in model_lib.PREVIEW_MODES])
 
 
 def write_meshes(mesh: mesh_lib.Mesh, albedo_fn, workdir: str, *, formats, texture_size: int,

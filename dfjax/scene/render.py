@@ -35,6 +35,8 @@ class RenderOutput:
 
   Attributes:
     rgb: [..., 3] colour composited over the background.
+    albedo: [..., 3] Σ_i w_i a_i + (1 − Σ_i w_i) background: the albedo composited over the
+      background, i.e. what albedo-only shading renders, whatever the shading of `rgb`.
     accumulated_alpha: [...] Σ_i w_i, the opacity of the ray inside the bounding sphere.
     depth: [...] expected termination distance along the unit ray, Σ w_i t_i / Σ w_i
       (0 where the ray is empty).
@@ -44,6 +46,7 @@ class RenderOutput:
     directions: [..., 3] unit ray directions.
   """
   rgb: jax.Array
+  albedo: jax.Array
   accumulated_alpha: jax.Array
   depth: jax.Array
   normals: jax.Array
@@ -295,9 +298,10 @@ def render_rays(rays: cameras_lib.Rays, *, field_fn: FieldFn, background_fn: Bac
   t_mid = 0.5 * (t0 + t1)
   # The 1e-10 keeps empty rays at depth 0 instead of 0/0.
   depth = jnp.sum(weights * t_mid, axis=-1) / jnp.maximum(accumulated_alpha, 1e-10)
-  rgb = composite(weights, colors) + (1.0 - accumulated_alpha)[..., None] * background_fn(
-      rays.directions)
-  return RenderOutput(rgb=rgb, accumulated_alpha=accumulated_alpha, depth=depth,
+  background = (1.0 - accumulated_alpha)[..., None] * background_fn(rays.directions)
+  return RenderOutput(rgb=composite(weights, colors) + background,
+                      albedo=composite(weights, albedo) + background,
+                      accumulated_alpha=accumulated_alpha, depth=depth,
                       normals=composite(weights, sample_normals), weights=weights,
                       sample_normals=sample_normals, directions=rays.directions)
 

@@ -32,8 +32,9 @@ def _log_images(writer, scene: model_lib.Scene, params, step: int, preview):
   images = {}
   cameras = model_lib.preview_cameras(scene.config, resolution=scene.config.camera.resolution)
   for name, camera in zip(("front", "side", "back", "overhead"), cameras):
+    rendered = jax.device_get(preview(params, camera, step))
     for mode in ("albedo", "textureless"):
-      images[f"{mode}/{name}"] = jax.device_get(preview(params, camera, step, mode=mode))
+      images[f"{mode}/{name}"] = rendered[mode]
   writer.write_images(step, images)
 
 
@@ -134,7 +135,7 @@ def train(config, workdir: str, *, allow_config_change: bool = False,
                           every=config.train.log_every, enabled=progress)
   stop = checkpoint_lib.install_sigterm_handler()
   train_step = step_lib.make_train_step(scene, optimizer, mesh)
-  preview = jax.jit(functools.partial(model_lib.render_preview, scene), static_argnames="mode")
+  preview = jax.jit(functools.partial(model_lib.render_preview, scene))
 
   step, clock = start_step, StepClock(start_step)
   try:

@@ -185,30 +185,31 @@ def preview_cameras(config, *, resolution: int):
           for a, el in views]
 
 
-def render_preview(scene: Scene, params, camera: cameras_lib.Camera, step, *, mode: str):
-  """Deterministic render of `params` from `camera` for logs and export.
+PREVIEW_MODES = ("albedo", "normals", "textureless")
 
-  Args:
-    mode: "albedo" (colour), "textureless" (white, lit from the camera) or "normals"
-      (normals mapped to [0, 1], on the background).
+
+def render_preview(scene: Scene, params, camera: cameras_lib.Camera, step) -> dict:
+  """Deterministic render of `params` from `camera` for logs, export and evaluation.
+
+  One pass gives all three images: the samples are lit from the camera with textureless
+  shading (normals computed), and the albedo is composited alongside (`RenderOutput.albedo`,
+  equal to an albedo-only render), so no image costs a render of its own.
 
   Returns:
-    [H, W, 3] image in [0, 1].
+    {"albedo": colour, "normals": normals mapped to [0, 1] over white, "textureless": white
+    lit from the camera}, each [H, W, 3] in [0, 1].
   """
   config = scene.config
-  if mode == "albedo":
-    shading = shading_lib.Shading.albedo_only()
-  else:
-    shading = shading_lib.Shading(light_position=camera.position, ambient=jnp.array(0.2),
-                                  diffuse=jnp.array(0.8), textureless=jnp.array(1.0))
+  shading = shading_lib.Shading(light_position=camera.position, ambient=jnp.array(0.2),
+                                diffuse=jnp.array(0.8), textureless=jnp.array(1.0))
   out = render_lib.render_image(
       camera, key=jax.random.PRNGKey(0), chunk=config.render.chunk,
       field_fn=functools.partial(scene.field.apply, params["field"]),
       background_fn=scene.background_fn(params), shading=shading,
       num_samples=preview_samples(config), num_importance=config.render.num_importance,
       bound_radius=config.render.bound_radius, cov_scale=cov_scale_at(step, config),
-      randomized=False, normals="none" if mode == "albedo" else config.render.normals)
-  if mode == "normals":
-    alpha = out.accumulated_alpha[..., None]
-    return jnp.clip(0.5 * out.normals + 0.5 * alpha + (1.0 - alpha), 0.0, 1.0)
-  return jnp.clip(out.rgb, 0.0, 1.0)
+      randomized=False, normals=config.render.normals)
+  alpha = out.accumulated_alpha[..., None]
+  normals = 0.5 * out.normals + 0.5 * alpha + (1.0 - alpha)
+  return {name: jnp.clip(image, 0.0, 1.0)
+          for name, image in zip(PREVIEW_MODES, (out.albedo, normals, out.rgb))}
