@@ -349,6 +349,24 @@ def test_a_run_older_than_the_sampler_fields_resumes_with_the_uniform_sampler():
       'render.sampler: <absent> -> "occupancy"']
 
 
+def test_a_run_older_than_the_sampler_fields_loads_with_the_uniform_sampler(tmp_path,
+                                                                           monkeypatch):
+  """restore.load_run_config fills the sampler a run predates with the one it used, whatever
+  the current default, and the fields read only by the other sampler with the defaults."""
+  from configs import dreamfusion  # pylint: disable=g-import-not-at-top
+  from dfjax.train import restore  # pylint: disable=g-import-not-at-top
+  (tmp_path / "config.json").write_text(json.dumps(
+      dict(BASE_CONFIG, render={"num_samples": 32}, export={"resolution": 64})))
+  defaults = dreamfusion.render_config()
+  defaults.sampler = "occupancy"  # were the default to change, old runs stay uniform
+  monkeypatch.setattr(dreamfusion, "render_config", lambda: defaults)
+  config = restore.load_run_config(str(tmp_path))
+  assert config.render.sampler == "uniform" and config.render.num_samples == 32
+  assert config.render.num_candidates == defaults.num_candidates
+  assert config.export.resolution == 64
+  assert config.export.video_format == dreamfusion.export_config().video_format
+
+
 def test_prepare_workdir_rejects_files_and_foreign_directories(tmp_path):
   a_file = tmp_path / "not_a_dir"
   a_file.write_text("x")

@@ -23,8 +23,9 @@ def load_run_config(workdir: str) -> ml_collections.ConfigDict:
   """The config a run saved in WORKDIR/config.json.
 
   Export and render fields added to dfjax after the run was made (the textured formats, the
-  video format, the sampler) take the defaults of configs/dreamfusion.py, so older runs still
-  export and evaluate.
+  video format, the sampler) are filled in, so older runs still export and evaluate: with the
+  value that reproduces what the run did where `checkpoint.ADDED_FIELDS` pins one (the
+  sampler), else with the default of configs/dreamfusion.py.
   """
   path = checkpoint_lib.as_path(workdir) / checkpoint_lib.CONFIG_FILENAME
   if not path.is_file():
@@ -34,7 +35,8 @@ def load_run_config(workdir: str) -> ml_collections.ConfigDict:
                             ("render", dreamfusion.render_config())):
     for key, value in defaults.items():
       if key not in config[section]:
-        config[section][key] = value
+        pinned = checkpoint_lib.ADDED_FIELDS.get(f"{section}.{key}")
+        config[section][key] = value if pinned is None else pinned
   return config
 
 
