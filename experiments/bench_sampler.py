@@ -17,7 +17,6 @@ Both tables are printed and appended to experiments/results/bench.md.
 import argparse
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,6 +25,7 @@ import jax
 import jax.numpy as jnp
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # pylint: disable=g-import-not-at-top
 from common import append_table  # pylint: disable=g-import-not-at-top
 import profile_step  # pylint: disable=g-import-not-at-top
 
@@ -94,26 +94,17 @@ def step_times(setups, variants, *, rounds: int, repeats: int, warm_steps: int):
 
 
 def distil(object_name: str, seed: int, key: str, runs_dir: str):
-  """configs/toy.py on one object with the overrides, timed, then scored."""
+  """configs/toy.py on one object with a variant's overrides, timed (export off), scored."""
   from configs import toy  # pylint: disable=g-import-not-at-top
-  from dfjax.eval import ablations  # pylint: disable=g-import-not-at-top
-  from dfjax.train import restore  # pylint: disable=g-import-not-at-top
-  caption = ablations.OBJECT_BY_NAME[object_name]().caption
   overrides = VARIANTS[key][1]
-  flags = [f"--config.{k}={v}" for k, v in overrides.items() if k != "num_samples"]
+  flags = ["--config.export.at_end=False"] + [
+      f"--config.{k}={v}" for k, v in overrides.items() if k != "num_samples"]
   if "num_samples" in overrides:
     samples = int(toy.get_config().render.num_samples * overrides["num_samples"])
     flags.append(f"--config.render.num_samples={samples}")
   workdir = os.path.join(runs_dir, f"{object_name}_seed{seed}_{key}")
-  command = [sys.executable, "-m", "dfjax.main", "--config=configs/toy.py",
-             f"--workdir={workdir}", f"--config.prompt={caption}", f"--config.seed={seed}",
-             "--config.export.at_end=False"] + flags
-  start = time.time()
-  subprocess.run(command, cwd=ROOT, check=True, capture_output=True)
-  seconds = time.time() - start
-  config = restore.load_run_config(workdir)
-  scene, params, step = restore.restore_params(config, workdir, step=None)
-  scores, _ = ablations.score_run(scene, jax.device_get(params), step, object_name)
+  seconds, scores, _ = common.distil("configs/toy.py", object_name, seed, workdir, flags,
+                                     quiet=True)
   return seconds, scores
 
 

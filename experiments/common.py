@@ -2,10 +2,13 @@
 import datetime
 import os
 import platform
+import subprocess
+import sys
 import time
 
 import jax
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(os.path.dirname(__file__), "results", "bench.md")
 
 
@@ -41,3 +44,25 @@ def append_table(title: str, header, rows, *, command: str) -> str:
   with open(RESULTS, "a") as f:
     f.write(text)
   return text
+
+
+def distil(config: str, object_name: str, seed: int, workdir: str, flags=(), *,
+           quiet: bool = False):
+  """The README's command on one toy object (`python -m dfjax.main --config=CONFIG` with the
+  object's caption as the prompt), timed, then scored against the true object.
+
+  Returns:
+    (seconds of the command, dfjax.eval.ablations.score_run's scores, the step scored).
+  """
+  from dfjax.eval import ablations  # pylint: disable=g-import-not-at-top
+  from dfjax.train import restore  # pylint: disable=g-import-not-at-top
+  caption = ablations.OBJECT_BY_NAME[object_name]().caption
+  command = [sys.executable, "-m", "dfjax.main", f"--config={config}", f"--workdir={workdir}",
+             f"--config.prompt={caption}", f"--config.seed={seed}", *flags]
+  start = time.time()
+  subprocess.run(command, cwd=REPO, check=True, capture_output=quiet)
+  seconds = time.time() - start
+  run_config = restore.load_run_config(workdir)
+  scene, params, step = restore.restore_params(run_config, workdir, step=None)
+  scores, _ = ablations.score_run(scene, jax.device_get(params), step, object_name)
+  return seconds, scores, step

@@ -16,7 +16,6 @@ Results are printed as markdown tables and appended to experiments/results/toy_s
 """
 import datetime
 import os
-import subprocess
 import sys
 import time
 
@@ -101,20 +100,10 @@ def eps_errors():
 
 def distil(object_name, seed):
   """Part 2 for one run: the README command, timed, then scored."""
-  import jax  # pylint: disable=g-import-not-at-top
-  from dfjax.eval import ablations  # pylint: disable=g-import-not-at-top
-  from dfjax.train import restore  # pylint: disable=g-import-not-at-top
-  caption = ablations.OBJECT_BY_NAME[object_name]().caption
+  import common  # pylint: disable=g-import-not-at-top
   workdir = os.path.join(FLAGS.runs_dir, f"{object_name}_seed{seed}")
-  command = [sys.executable, "-m", "dfjax.main", "--config=configs/toy_sd.py",
-             f"--workdir={workdir}", f"--config.prompt={caption}", f"--config.seed={seed}",
-             f"--config.prior.model={FLAGS.model}"] + [f"--config.{e}" for e in FLAGS.extra]
-  start = time.time()
-  subprocess.run(command, cwd=REPO, check=True)
-  seconds = time.time() - start
-  config = restore.load_run_config(workdir)
-  scene, params, step = restore.restore_params(config, workdir, step=None)
-  scores, _ = ablations.score_run(scene, jax.device_get(params), step, object_name)
+  flags = [f"--config.prior.model={FLAGS.model}"] + [f"--config.{e}" for e in FLAGS.extra]
+  seconds, scores, step = common.distil("configs/toy_sd.py", object_name, seed, workdir, flags)
   return (object_name, seed, step, f"{seconds:.0f}", f"{scores['iou']:.3f}",
           f"{scores['mask_iou']:.3f}", f"{scores['psnr']:.1f}")
 
