@@ -169,7 +169,10 @@ def export_config() -> ml_collections.ConfigDict:
   export = ml_collections.ConfigDict()
   export.at_end = True  # write mesh and video when training ends
   export.resolution = 128  # marching-cubes grid points per axis
-  export.threshold = 25.0  # density level of the surface, per world unit
+  # Density level of the surface, per world unit; 0 chooses it from the renders: the level
+  # whose silhouettes match the renders' (export.outputs.surface_threshold), so the mesh is the
+  # object the video shows whatever density scale the field learned.
+  export.threshold = 0.0
   export.bound = 1.0  # the grid spans [-bound, bound]^3
   # Mesh files, comma-separated: "ply" (vertex colours), "obj" (+ .mtl and a .png texture) and
   # "glb" (texture embedded; the format every viewer opens). obj and glb are UV-unwrapped

@@ -23,8 +23,14 @@ from configs import toy
 
 def get_config(arg=None) -> ml_collections.ConfigDict:
   config = toy.get_config(arg)
-  # Mesh refinement, in data-flow order: renderer -> regularisers -> optimiser -> loop.
-  config.mesh_sds = m = ml_collections.ConfigDict()
+  config.mesh_sds = mesh_sds_config()
+  return config
+
+
+def mesh_sds_config() -> ml_collections.ConfigDict:
+  """The `mesh_sds` section: mesh refinement, in data-flow order: renderer -> regularisers ->
+  optimiser -> loop."""
+  m = ml_collections.ConfigDict()
   # Soft rasteriser (SoftRas, Liu et al. 2019). Renders are at the prior's resolution.
   m.sigma = 0.3  # coverage sharpness, pixels^2: D = 1/(1+e) at sqrt(sigma) px outside a face
   m.gamma = 1e-4  # depth-softmax temperature, in units of the normalised inverse depth
@@ -42,4 +48,4 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
   m.learning_rate = 5e-3  # Adam step size, world units per step
   m.steps = 200  # updates
   m.log_every = 20  # steps between progress lines
-  return config
+  return m

@@ -218,8 +218,9 @@ def check_export_options(*, resolution: int | None = None, threshold: float | No
 
   if resolution is not None and resolution < 8:
     raise UserError(f"{name('resolution')} must be at least 8, got {resolution}")
-  if threshold is not None and threshold <= 0:
-    raise UserError(f"{name('threshold')} must be positive, got {threshold}")
+  if threshold is not None and not threshold >= 0:
+    raise UserError(f"{name('threshold')} must be a density level > 0, or 0 to choose it from "
+                    f"the renders; got {threshold}")
   if formats is not None:
     config_checks.export_formats(formats, name=name("formats"))
   if texture_size is not None:

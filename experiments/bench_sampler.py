@@ -11,7 +11,9 @@ taken from a field trained for 200 steps, so the step skips what a run's step sk
 fresh field's everywhere-occupied grid.
 Part 2 trains configs/toy.py with each variant on the given objects and seeds (the README's
 command, timed, export off) and scores each run against the true object (mesh IoU, held-out
-silhouette IoU and PSNR, as experiments/run_ablations.py does).
+silhouette IoU and PSNR, as experiments/run_ablations.py does). Runs already finished in
+--runs_dir keep their recorded times and are only scored again (with --export_threshold=0,
+at the surface level chosen from the renders, for runs made before that was the default).
 Both tables are printed and appended to experiments/results/bench.md.
 """
 import argparse
@@ -93,7 +95,7 @@ def step_times(setups, variants, *, rounds: int, repeats: int, warm_steps: int):
   return rows
 
 
-def distil(object_name: str, seed: int, key: str, runs_dir: str):
+def distil(object_name: str, seed: int, key: str, runs_dir: str, export_threshold=None):
   """configs/toy.py on one object with a variant's overrides, timed (export off), scored."""
   from configs import toy  # pylint: disable=g-import-not-at-top
   overrides = VARIANTS[key][1]
@@ -104,17 +106,17 @@ def distil(object_name: str, seed: int, key: str, runs_dir: str):
     flags.append(f"--config.render.num_samples={samples}")
   workdir = os.path.join(runs_dir, f"{object_name}_seed{seed}_{key}")
   seconds, scores, _ = common.distil("configs/toy.py", object_name, seed, workdir, flags,
-                                     quiet=True)
+                                     quiet=True, export_threshold=export_threshold)
   return seconds, scores
 
 
-def quality(objects, seeds, variants, runs_dir: str):
+def quality(objects, seeds, variants, runs_dir: str, export_threshold=None):
   """A row per run, then a mean row per variant when there is more than one run each."""
   rows, means = [], {key: [] for key in variants}
   for object_name in objects:
     for seed in seeds:
       for key in variants:  # alternating, as the step times are
-        seconds, s = distil(object_name, seed, key, runs_dir)
+        seconds, s = distil(object_name, seed, key, runs_dir, export_threshold)
         means[key].append([seconds, s["iou"], s["mask_iou"], s["psnr"], s["empty_density"]])
         rows.append([object_name, seed, VARIANTS[key][0], f"{seconds:.0f}", f"{s['iou']:.3f}",
                      f"{s['mask_iou']:.3f}", f"{s['psnr']:.1f}", f"{s['empty_density']:.3f}"])
@@ -137,7 +139,11 @@ def main():
   parser.add_argument("--seeds", default="0")
   parser.add_argument("--variants", default=",".join(VARIANTS),
                       help=f"samplers to compare, the first the baseline: {', '.join(VARIANTS)}")
-  parser.add_argument("--runs_dir", default="", help="run folders (default: a temporary one)")
+  parser.add_argument("--runs_dir", default="", help="run folders (default: a temporary one); "
+                      "finished runs found there are scored again, not trained again")
+  parser.add_argument("--export_threshold", type=float, default=None,
+                      help="score with this surface level instead of each run's own (0: "
+                      "chosen from the renders)")
   args = parser.parse_args()
   command = "python experiments/bench_sampler.py " + " ".join(sys.argv[1:])
   variants = args.variants.split(",")
@@ -153,7 +159,7 @@ def main():
   if args.objects:
     with tempfile.TemporaryDirectory() as scratch:
       rows = quality(args.objects.split(","), [int(s) for s in args.seeds.split(",")],
-                     variants, args.runs_dir or scratch)
+                     variants, args.runs_dir or scratch, args.export_threshold)
     append_table("Samplers: configs/toy.py runs scored against the true objects",
                  ["object", "seed", "sampler", "seconds (command, export off)", "mesh IoU",
                   "held-out silhouette IoU", "held-out PSNR", "empty-space density"], rows,

@@ -46,10 +46,18 @@ def append_table(title: str, header, rows, *, command: str) -> str:
   return text
 
 
+SECONDS_FILE = "command_seconds.txt"  # in a run folder: the timed command's seconds
+
+
 def distil(config: str, object_name: str, seed: int, workdir: str, flags=(), *,
-           quiet: bool = False):
+           quiet: bool = False, export_threshold: float | None = None):
   """The README's command on one toy object (`python -m dfjax.main --config=CONFIG` with the
   object's caption as the prompt), timed, then scored against the true object.
+
+  A run folder that holds SECONDS_FILE has finished before: it is scored again with this
+  checkout's metrics and keeps its recorded time, so a study can be rescored or resumed.
+  `export_threshold` replaces the run's own surface level in the scores (0: chosen from the
+  renders, today's default, for runs made before it).
 
   Returns:
     (seconds of the command, dfjax.eval.ablations.score_run's scores, the step scored).
@@ -59,10 +67,19 @@ def distil(config: str, object_name: str, seed: int, workdir: str, flags=(), *,
   caption = ablations.OBJECT_BY_NAME[object_name]().caption
   command = [sys.executable, "-m", "dfjax.main", f"--config={config}", f"--workdir={workdir}",
              f"--config.prompt={caption}", f"--config.seed={seed}", *flags]
-  start = time.time()
-  subprocess.run(command, cwd=REPO, check=True, capture_output=quiet)
-  seconds = time.time() - start
+  record = os.path.join(workdir, SECONDS_FILE)
+  if os.path.isfile(record):
+    with open(record) as f:
+      seconds = float(f.read())
+  else:
+    start = time.time()
+    subprocess.run(command, cwd=REPO, check=True, capture_output=quiet)
+    seconds = time.time() - start
+    with open(record, "w") as f:
+      f.write(f"{seconds:.1f}\n")
   run_config = restore.load_run_config(workdir)
+  if export_threshold is not None:
+    run_config.export.threshold = export_threshold
   scene, params, step = restore.restore_params(run_config, workdir, step=None)
   scores, _ = ablations.score_run(scene, jax.device_get(params), step, object_name)
   return seconds, scores, step

@@ -101,7 +101,7 @@ def score(obj, workdir):
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from dfjax.eval import ablation_metrics, ablations, metrics  # pylint: disable=g-import-not-at-top
-  from dfjax.export import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
+  from dfjax.export import mesh as mesh_lib, outputs  # pylint: disable=g-import-not-at-top
   from dfjax.scene import cameras  # pylint: disable=g-import-not-at-top
   from dfjax.toy import truth  # pylint: disable=g-import-not-at-top
   from dfjax.train import model as model_lib, restore  # pylint: disable=g-import-not-at-top
@@ -122,7 +122,8 @@ def score(obj, workdir):
                                   resolution=ablations.GRID_RESOLUTION, bound=ablations.GRID_BOUND)
   true_occupancy = ablation_metrics.ground_truth_occupancy(
       obj, resolution=ablations.GRID_RESOLUTION, bound=ablations.GRID_BOUND)
-  iou = metrics.iou(density > config.export.threshold, true_occupancy)
+  threshold, _ = outputs.surface_threshold(scene, params, step=step)
+  iou = metrics.iou(density > threshold, true_occupancy)
   return iou, float(np.mean(ious)), float(np.mean(psnrs))
 
 

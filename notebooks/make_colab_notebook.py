@@ -146,8 +146,8 @@ from IPython.display import FileLink
 
 glb = [path for path in result.meshes if path.endswith(".glb")]
 if not glb:
-  print("no mesh was written: train longer, or lower the export threshold "
-        "(OVERRIDES = {'export__threshold': 10.0})")
+  print("no mesh was written (the training log says why): train longer, or set the "
+        "surface's density level yourself (OVERRIDES = {'export__threshold': 10.0})")
 else:
   try:
     from google.colab import files  # Colab: the browser downloads the file

@@ -177,3 +177,21 @@ def test_albedo_brightness_ratio_is_one_for_the_truth_and_the_shading_factor_whe
   # Uniformly darkened by a shading factor of 0.55 (luminance is linear in rgb).
   assert am.albedo_brightness_ratio(0.55 * albedo, albedo, mask) == pytest.approx(0.55)
   assert np.isnan(am.albedo_brightness_ratio(albedo, albedo, np.zeros((2, 6, 6), bool)))
+
+
+def test_score_mesh_of_the_true_surface_and_of_a_shrunk_copy():
+  """ablations.score_mesh: the true object's own surface scores IoU ~1; a copy shrunk about
+  the centre lies inside the true silhouettes, so its IoU is its silhouette area over the
+  true one."""
+  from dfjax.eval import ablations  # pylint: disable=g-import-not-at-top
+  from dfjax.export import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
+  obj = toy_objects.yellow_duck()
+  true = mesh_lib.extract_mesh(lambda p: 1.0 - obj.sdf(p), obj.albedo, resolution=24,
+                               bound=0.6, threshold=1.0)  # the level set sdf = 0
+  scores = ablations.score_mesh(true, "yellow_duck")
+  assert scores["mask_iou"] > 0.95 and scores["psnr"] > 20.0, scores
+  centre = 0.5 * (true.vertices.min(0) + true.vertices.max(0))
+  shrunk = dataclasses.replace(true, vertices=centre + 0.7 * (true.vertices - centre))
+  area_ratio = 0.7**2  # orthographic estimate; perspective at 1.45 m moves it little
+  iou = ablations.score_mesh(shrunk, "yellow_duck")["mask_iou"]
+  assert abs(iou - area_ratio) < 0.08, iou

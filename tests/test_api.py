@@ -148,3 +148,6 @@ def test_export_returns_the_paths_it_wrote(first_run):
   with pytest.raises(UserError) as error:
     api.export(first_run.workdir, step=3)
   assert_one_line(error, "no checkpoint at step 3")
+  with pytest.raises(UserError) as error:
+    api.export(first_run.workdir, threshold=-1.0)
+  assert_one_line(error, "threshold must be a density level > 0, or 0 to choose it", "-1.0")

@@ -463,6 +463,7 @@ def test_export_from_a_chosen_checkpoint(background_jobs, monkeypatch):
   assert job.returncode == 0, job.stderr[-3000:]
   assert not job.stderr, job.stderr[-3000:]  # no library warnings or logs
   assert f"at step {EXPORT_STEP}:" in job.stdout
+  assert "(chosen from 8 renders, silhouette IoU" in job.stdout, job.stdout  # threshold 0
   # The defaults: a textured GLB, the vertex-coloured PLY and an MP4 turntable.
   assert sorted(n for n in os.listdir(workdir) if n.startswith(("mesh", "turntable"))) == [
       "mesh.glb", "mesh.ply", "turntable.mp4"]

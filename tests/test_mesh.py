@@ -154,3 +154,43 @@ def test_point_fns_from_field_pass_the_export_variance():
   points = jnp.array([[0.1, 0.2, 0.3]])
   np.testing.assert_allclose(density_fn(points), [0.602], rtol=1e-6)
   np.testing.assert_allclose(albedo_fn(points), [[0.05, 0.1, 0.15]], rtol=1e-6)
+
+
+# A Gaussian blob τ(x) = τ0 exp(−|x|²/σ²): along a ray passing the centre at distance b the
+# largest density is τ0 exp(−b²/σ²) and the optical depth τ0 σ √π exp(−b²/σ²), so the rendered
+# silhouette (opacity > 1/2, optical depth > ln 2) is the level set's silhouette exactly when
+# the level is ln 2 / (σ √π), whatever τ0.
+BLOB_PEAK, BLOB_SIGMA = 6.0, 0.3
+
+
+def blob_density(points):
+  return BLOB_PEAK * jnp.exp(-jnp.sum(points**2, axis=-1) / BLOB_SIGMA**2)
+
+
+def test_ray_profiles_of_a_gaussian_blob_match_the_closed_form():
+  from dfjax.scene import cameras  # pylint: disable=g-import-not-at-top
+  camera = cameras.camera_from_angles(azimuth_deg=30.0, elevation_deg=20.0, distance=2.0,
+                                      fov_deg=40.0, width=24, height=24)
+  max_density, alpha = mesh_lib.ray_profiles(blob_density, camera, num_samples=512,
+                                             bound_radius=1.4)
+  rays = cameras.generate_rays(camera)
+  b2 = np.sum(np.cross(np.asarray(rays.origins), np.asarray(rays.directions))**2, axis=-1)
+  peak = BLOB_PEAK * np.exp(-b2 / BLOB_SIGMA**2)
+  np.testing.assert_allclose(max_density, peak, rtol=1e-3, atol=1e-6)
+  depth = peak * BLOB_SIGMA * np.sqrt(np.pi)
+  np.testing.assert_allclose(alpha, 1.0 - np.exp(-depth), atol=1e-3)
+  assert alpha.max() > 0.9 and alpha.min() < 0.01  # the silhouette's edge is in the image
+
+
+def test_silhouette_threshold_of_a_gaussian_blob_is_ln2_over_sigma_root_pi():
+  b = np.linspace(0.0, 1.0, 20001)  # impact parameters of many rays
+  for peak in (3.0, 30.0, 300.0):
+    max_density = peak * np.exp(-b**2 / BLOB_SIGMA**2)
+    alpha = 1.0 - np.exp(-max_density * BLOB_SIGMA * np.sqrt(np.pi))
+    threshold, iou = mesh_lib.silhouette_threshold(max_density, alpha)
+    expected = np.log(2.0) / (BLOB_SIGMA * np.sqrt(np.pi))
+    spacing = (max_density[alpha > 0.5].max() / max_density[alpha > 0.5].min())**(1 / 95)
+    assert abs(np.log(threshold / expected)) <= np.log(spacing), (peak, threshold, expected)
+    assert iou > 0.99
+  with pytest.raises(UserError, match="no pixel with opacity above 1/2"):
+    mesh_lib.silhouette_threshold(np.ones(10), np.full(10, 0.4))

@@ -237,6 +237,17 @@ def test_refinement_with_the_toy_prior_undoes_a_distortion():
   np.testing.assert_array_equal(refined.faces, distorted.faces)
 
 
+def test_the_toy_sd_refinement_config_is_toy_sd_with_the_mesh_section():
+  from configs import mesh_sds_toy_sd  # pylint: disable=g-import-not-at-top
+  from configs import toy_sd  # pylint: disable=g-import-not-at-top
+  config, base = mesh_sds_toy_sd.get_config(), toy_sd.get_config()
+  assert {k: v for k, v in config.to_dict().items() if k != "mesh_sds"} == base.to_dict()
+  section = mesh_sds_config.mesh_sds_config().to_dict()
+  assert config.mesh_sds.to_dict() == dict(section, shaded_prob=base.shading.shaded_prob)
+  settings = refine.settings_from_config(config)
+  assert settings.shaded_prob == 0.75 and settings.guidance_scale == 100.0
+
+
 # ---------------------------------------------------------------------------------------------
 # The command line.
 

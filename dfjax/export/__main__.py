@@ -28,7 +28,8 @@ def define_flags():
   """The CLI's flags (defined only when this module is the entry point)."""
   flags.DEFINE_string("workdir", None, "Run directory to export from.")
   flags.DEFINE_integer("resolution", None, "Marching-cubes grid size (default: the run's).")
-  flags.DEFINE_float("threshold", None, "Density level of the surface (default: the run's).")
+  flags.DEFINE_float("threshold", None, "Density level of the surface; 0 chooses it from the "
+                     "renders (default: the run's export.threshold).")
   flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
   flags.DEFINE_bool("video", True, "Also write the turntable video.")
   flags.DEFINE_string("format", None, "Mesh formats, comma-separated, from ply (vertex "

@@ -27,11 +27,15 @@ import numpy as np
 import trimesh
 
 from dfjax.errors import UserError, one_line
+from dfjax.scene import cameras as cameras_lib
+from dfjax.scene import render as render_lib
 
 # Points [N, 3] -> density tau [N] (world units^-1), or -> albedo [N, 3] in [0, 1].
 PointFn = Callable[[jax.Array], jax.Array]
 
-# Default iso-level on the volume density tau (world units^-1). A slab of density tau and
+# Default iso-level of `extract_mesh` on the volume density tau (world units^-1); a run's
+# export chooses its level from the renders unless export.threshold sets one
+# (`silhouette_threshold`, export.outputs.surface_threshold). A slab of density tau and
 # thickness d has opacity 1 - exp(-tau * d) (the volume rendering quadrature, NeRF Eq. 3). At
 # tau = 25 a slab 0.04 world units thick (2.5 voxels of a 128^3 grid over [-1, 1]^3) has optical
 # depth 1, i.e. opacity 0.63: a point where tau crosses 25 is where the rendered object turns
@@ -205,6 +209,65 @@ def extract_mesh(density_fn: PointFn, albedo_fn: PointFn, *, resolution: int = 1
   vertices, faces = isosurface(grid, threshold=threshold, bound=bound)
   albedo = evaluate_points(albedo_fn, vertices, chunk=min(chunk, max(len(vertices), 1)))
   return Mesh(vertices=vertices, faces=faces, vertex_colors=albedo_to_vertex_colors(albedo))
+
+
+def ray_profiles(density_fn: PointFn, camera, *, num_samples: int, bound_radius: float,
+                 chunk: int = 65536):
+  """The maximum density along each pixel's ray, and the ray's opacity, of a point density.
+
+  The samples are the deterministic renders' (render.stratified_intervals unjittered: the
+  midpoints of `num_samples` equal intervals of the ray's chord through the bounding sphere),
+  and the opacity is 1 − exp(−Σ_i τ_i δ_i), the volume rendering quadrature's (NeRF Eq. 3).
+
+  Args:
+    density_fn: jnp function, points [N, 3] -> density tau [N].
+    camera: dfjax.scene.cameras.Camera, H x W pixels.
+
+  Returns:
+    (max_density [H, W], alpha [H, W]) numpy float32.
+  """
+  rays = cameras_lib.generate_rays(camera)
+  near, far = render_lib.intersect_sphere(rays.origins, rays.directions, bound_radius)
+  edges = render_lib.stratified_intervals(None, near, far, num_samples, randomized=False)
+  t_mid, deltas = 0.5 * (edges[..., 1:] + edges[..., :-1]), edges[..., 1:] - edges[..., :-1]
+  points = rays.origins[..., None, :] + t_mid[..., None] * rays.directions[..., None, :]
+  density = evaluate_points(density_fn, np.asarray(points).reshape(-1, 3), chunk=chunk)
+  density = np.nan_to_num(density.reshape(t_mid.shape), nan=0.0)
+  alpha = 1.0 - np.exp(-np.sum(density * np.asarray(deltas), axis=-1))
+  return density.max(axis=-1), alpha.astype(np.float32)
+
+
+def silhouette_threshold(max_density: np.ndarray, alpha: np.ndarray, *,
+                         num_candidates: int = 96) -> tuple[float, float]:
+  """The iso-level whose level set has the silhouettes the volume renders show.
+
+  A pixel lies inside the silhouette of the level set {x : τ(x) > τ*} when the maximum
+  density along its ray exceeds τ*, and inside the rendered silhouette when its opacity
+  exceeds 1/2. τ* is the candidate that maximises the IoU of those two masks over all the
+  views; candidates are log-spaced over the ray maxima of the rendered silhouette's pixels.
+  So the mesh shows what the renders show, whatever density scale the field learned (a
+  small, soft field's opaque object may never reach a fixed level such as 25).
+
+  Args:
+    max_density, alpha: [...] per pixel, e.g. `ray_profiles` of several views stacked.
+
+  Returns:
+    (τ*, the IoU of the masks at τ*).
+
+  Raises:
+    UserError: no pixel is opaque (> 1/2), so the renders show no object to match.
+  """
+  max_density, rendered = np.asarray(max_density), np.asarray(alpha) > 0.5
+  if not rendered.any():
+    raise UserError("the renders show no object (no pixel with opacity above 1/2), so no "
+                    "surface threshold can be chosen from them; pass a threshold")
+  inside = max_density[rendered]
+  low, high = max(float(inside.min()), 1e-3), max(float(inside.max()), 2e-3)
+  candidates = np.geomspace(low, high, num_candidates)
+  ious = [np.sum(rendered & (max_density > c)) / np.sum(rendered | (max_density > c))
+          for c in candidates]
+  best = int(np.argmax(ious))
+  return float(candidates[best]), float(ious[best])
 
 
 def point_fns_from_field(field_fn, *, sample_variance: float):

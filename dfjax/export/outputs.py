@@ -1,7 +1,9 @@
 """A run's outputs: meshes by marching cubes and a turntable video.
 
 The mesh is the level set τ = threshold of the density field (DreamFusion §4, "after
-optimisation": marching cubes, `export.mesh`), with vertices in world units. mesh.ply carries
+optimisation": marching cubes, `export.mesh`), with vertices in world units; the threshold is
+`export.threshold`, or chosen so the level set's silhouettes match the renders'
+(`surface_threshold`). mesh.ply carries
 the albedo as vertex colours; mesh.glb and mesh.obj (+ mesh.mtl, mesh_albedo.png) are
 simplified to a face budget, UV-unwrapped and carry it as a baked texture (`export.texture`).
 The video (`export.video`) shows colour, normals and textureless renders side by side,
@@ -45,6 +47,42 @@ def turntable_frames(scene, params, *, step: int) -> np.ndarray:
   frames = [jax.device_get(preview(params, camera, step)) for camera in cameras]
   return video_lib.side_by_side([np.stack([frame[mode] for frame in frames])
                                  for mode in model_lib.PREVIEW_MODES])
+
+
+# Views a chosen surface threshold matches: azimuths around the object at the turntable's
+# elevation, distance and field of view, at this many pixels per side.
+THRESHOLD_VIEWS, THRESHOLD_RESOLUTION = 8, 64
+
+
+def surface_threshold(scene, params, *, step: int, threshold: float | None = None):
+  """The density level of the exported surface, and how it was set (for the log line).
+
+  `threshold` (or else `export.threshold`) when positive; 0 chooses it from the renders: the
+  level whose silhouettes match the deterministic renders' opacity silhouettes over
+  THRESHOLD_VIEWS views (`mesh.silhouette_threshold`), so the mesh is the object the renders
+  and the video show.
+
+  Returns:
+    (threshold, a few words on its origin).
+  """
+  config = scene.config
+  threshold = config.export.threshold if threshold is None else threshold
+  if threshold > 0:
+    return float(threshold), "as set"
+  e = config.export
+  density_fn, _ = mesh_lib.point_fns_from_field(
+      functools.partial(scene.field.apply, params["field"]),
+      sample_variance=float(model_lib.cov_scale_at(step, config)))
+  cameras = video_lib.turntable_cameras(
+      num_frames=THRESHOLD_VIEWS, elevation_deg=e.video_elevation, distance=e.video_distance,
+      fov_deg=e.video_fov, resolution=THRESHOLD_RESOLUTION)
+  profiles = [mesh_lib.ray_profiles(density_fn, camera,
+                                    num_samples=model_lib.preview_samples(config),
+                                    bound_radius=config.render.bound_radius)
+              for camera in cameras]
+  chosen, iou = mesh_lib.silhouette_threshold(np.stack([p[0] for p in profiles]),
+                                              np.stack([p[1] for p in profiles]))
+  return chosen, f"chosen from {THRESHOLD_VIEWS} renders, silhouette IoU {iou:.2f}"
 
 
 def write_meshes(mesh: mesh_lib.Mesh, albedo_fn, workdir: str, *, formats, texture_size: int,
@@ -114,11 +152,13 @@ def export_run(scene, params, workdir: str, *, step: int, resolution: int | None
   written, summary = [], "no mesh"
   with staged_folder(workdir) as folder:
     try:
+      level, origin = surface_threshold(scene, params, step=step, threshold=threshold)
       mesh = mesh_lib.extract_mesh(density_fn, albedo_fn, resolution=resolution or e.resolution,
-                                   bound=e.bound, threshold=threshold or e.threshold)
+                                   bound=e.bound, threshold=level)
       written, summary = write_meshes(mesh, albedo_fn, folder, formats=formats,
                                       texture_size=texture_size or e.texture_size,
                                       faces=e.faces if faces is None else faces)
+      summary += f" at density {level:.3g} ({origin})"
     except UserError as error:
       if strict:
         raise

@@ -104,7 +104,7 @@ def check_config(config) -> None:
                "field.blob_radius", "render.num_samples", "render.bound_radius", "render.chunk",
                "train.steps", "train.views_per_device", "train.log_every",
                "train.checkpoint_every", "train.keep_checkpoints", "export.resolution",
-               "export.threshold", "export.bound", "export.video_frames",
+               "export.bound", "export.video_frames",
                "export.video_resolution", "optimizer.peak_learning_rate",
                "render.num_candidates", "render.grid_resolution", "render.grid_every"):
     _positive(config, name)
@@ -112,7 +112,7 @@ def check_config(config) -> None:
                "field.cov_scale_end", "prior.guidance_scale", "loss.orientation_weight",
                "loss.opacity_weight", "optimizer.grad_clip", "camera.position_jitter",
                "camera.look_at_std", "camera.up_std", "shading.albedo_warmup_steps",
-               "render.grid_threshold"):
+               "render.grid_threshold", "export.threshold"):
     _positive(config, name, allow_zero=True)
   for name in ("camera.angle_uniform_prob", "shading.shaded_prob", "shading.textureless_prob",
                "render.grid_decay"):
