@@ -9,10 +9,17 @@ component matter: view-dependent prompts matter when most photos show the front,
 matters when the photos are shaded. Without ",BANK" an arm uses its study's bank
 (DEFAULT_BANK). The whole study, with metrics against the toy world's ground truth:
   python experiments/run_ablations.py [--quick]
+
+The "bank" toy_sd is the shipped toy Stable Diffusion instead of a closed-form bank prior:
+its arms are configs/toy_sd.py (the paper's guidance 100 and lit and textureless views) with
+the same groups of fields changed, e.g.
+  python -m dfjax.main --config=configs/ablations.py:no_lighting,toy_sd --workdir=runs/sd_nl
+  python experiments/run_ablations.py --prior=toy_sd
 """
 import ml_collections
 
 from configs import toy
+from configs import toy_sd
 
 # Field overrides of each arm; "full" changes nothing.
 ARMS = {
@@ -47,7 +54,14 @@ BANKS = {
     # textureless views have neighbours in the bank, as they would in a photo prior.
     "lambertian_textureless": {"toy.shading": "lambertian_textureless",
                                "shading.shaded_prob": 0.75, "shading.albedo_warmup_steps": 100},
+    # The learned prior: configs/toy_sd.py as it is (see LEARNED_PRIOR_BANKS). The toy SD was
+    # trained on every toy object in the three shadings from cameras all round.
+    "toy_sd": {},
 }
+
+# Banks whose arms start from configs/toy_sd.py (the toy Stable Diffusion) instead of
+# configs/toy.py (a closed-form bank prior).
+LEARNED_PRIOR_BANKS = ("toy_sd",)
 
 DEFAULT_BANK = {"no_view_dependence": "front_biased", "no_lighting": "lambertian",
                 "no_textureless": "lambertian"}
@@ -67,7 +81,8 @@ def parse_arm(arg) -> tuple[str, str]:
 
 
 def overrides(arm: str, bank: str) -> dict:
-  """The dotted fields (and values) in which the arm on the bank differs from configs/toy.py."""
+  """The dotted fields (and values) in which the arm on the bank differs from its base config
+  (configs/toy.py, or configs/toy_sd.py for LEARNED_PRIOR_BANKS)."""
   return {**BANKS[bank], **ARMS[arm]}
 
 
@@ -79,6 +94,6 @@ def apply_overrides(config: ml_collections.ConfigDict, fields: dict) -> None:
 
 def get_config(arg=None) -> ml_collections.ConfigDict:
   arm, bank = parse_arm(arg)
-  config = toy.get_config()
+  config = toy_sd.get_config() if bank in LEARNED_PRIOR_BANKS else toy.get_config()
   apply_overrides(config, overrides(arm, bank))
   return config

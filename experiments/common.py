@@ -83,3 +83,40 @@ def distil(config: str, object_name: str, seed: int, workdir: str, flags=(), *,
   scene, params, step = restore.restore_params(run_config, workdir, step=None)
   scores, _ = ablations.score_run(scene, jax.device_get(params), step, object_name)
   return seconds, scores, step
+
+
+def line_plot(path: str, xs, series: dict, *, x_label: str, y_label: str,
+              size=(560, 360)) -> None:
+  """A small line chart as PNG, drawn with PIL (no plotting library is a dependency).
+
+  Args:
+    xs: [N] x values (linear axis).
+    series: name -> [N] y values, one line each (y axis from 0 to the largest value).
+  """
+  from PIL import Image, ImageDraw  # pylint: disable=g-import-not-at-top
+  colors = ((31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 127, 14))
+  width, height = size
+  left, right, top, bottom = 60, 20, 20, 50
+  image = Image.new("RGB", size, (255, 255, 255))
+  draw = ImageDraw.Draw(image)
+  x_max = max(xs)
+  y_max = max(max(ys) for ys in series.values()) * 1.1
+  to_px = lambda x, y: (left + (width - left - right) * x / x_max,
+                        height - bottom - (height - top - bottom) * y / y_max)
+  draw.line([to_px(0, 0), to_px(x_max, 0)], fill=(0, 0, 0))
+  draw.line([to_px(0, 0), to_px(0, y_max)], fill=(0, 0, 0))
+  for k in range(5):  # ticks and labels
+    x, y = x_max * k / 4, y_max * k / 4
+    draw.text((to_px(x, 0)[0] - 10, height - bottom + 5), f"{x:g}", fill=(0, 0, 0))
+    draw.text((5, to_px(0, y)[1] - 6), f"{y:.2f}", fill=(0, 0, 0))
+    draw.line([to_px(0, y), to_px(x_max, y)], fill=(225, 225, 225))
+  draw.text((width // 2 - 40, height - 20), x_label, fill=(0, 0, 0))
+  draw.text((left + 5, 2), y_label, fill=(0, 0, 0))
+  for i, (name, ys) in enumerate(series.items()):
+    color = colors[i % len(colors)]
+    points = [to_px(x, y) for x, y in zip(xs, ys)]
+    draw.line(points, fill=color, width=2)
+    for px, py in points:
+      draw.ellipse([px - 3, py - 3, px + 3, py + 3], fill=color)
+    draw.text((width - right - 200, top + 14 * i), name, fill=color)
+  image.save(path)

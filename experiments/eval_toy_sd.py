@@ -6,7 +6,9 @@
 1. Samples: guided DDIM samples of every "{caption}, {view} view" prompt of the toy world,
    labelled by their nearest training image (dfjax.eval.prior_quality): object and view-bucket
    accuracy, and a grid of one sample per prompt (rows: objects; columns: front, side, back,
-   overhead).
+   overhead). Then the relative error of the learned conditional ε̂ against the exact ε̂ of
+   the training latents of the same caption and view, at --eps_timesteps (a table, and a
+   plot with --eps_plot=PATH.png); --nosamples runs this comparison alone.
 2. Distillation: for each object and seed, the README's command
    `python -m dfjax.main --config=configs/toy_sd.py --workdir=... --config.prompt=CAPTION`
    run as a child process and timed (compile, training and export included), then scored
@@ -68,7 +70,11 @@ def sample_scores():
   return rows
 
 
-EPS_TIMESTEPS = (20, 100, 250, 500, 750, 950)
+flags.DEFINE_list("eps_timesteps", ["20", "100", "250", "500", "750", "950"],
+                  "Timesteps t of the eps comparison.")
+flags.DEFINE_string("eps_plot", "", "Write the eps relative error against t here (PNG).")
+flags.DEFINE_bool("samples", True, "Part 1's samples (--nosamples: only its eps comparison; "
+                  "--samples_per_prompt=0 skips part 1 whole).")
 
 
 def eps_errors():
@@ -82,6 +88,7 @@ def eps_errors():
   from dfjax.priors import stable_diffusion  # pylint: disable=g-import-not-at-top
   from dfjax.train_prior import loop  # pylint: disable=g-import-not-at-top
   data = loop.load_data(train_prior.get_config())
+  timesteps = tuple(int(t) for t in FLAGS.eps_timesteps)
   errors = []
   for c, caption in enumerate(data.captions):
     prior = stable_diffusion.load_stable_diffusion(FLAGS.model, prompt=caption, render_size=32)
@@ -92,10 +99,17 @@ def eps_errors():
     predict = jax.jit(lambda x, t, b, prior=prior: prior.predict_noise(prior.params, x, t, b)[0])
     errors.append(prior_quality.eps_relative_error(
         predict, jax.random.PRNGKey(c), latents=latents, latent_buckets=data.view_bucket[rows],
-        alphas_cumprod=jnp.asarray(prior.alphas_cumprod), timesteps=EPS_TIMESTEPS, batch=64))
+        alphas_cumprod=jnp.asarray(prior.alphas_cumprod), timesteps=timesteps, batch=64))
   errors = np.asarray(errors)
+  if FLAGS.eps_plot:
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import common  # pylint: disable=g-import-not-at-top
+    common.line_plot(FLAGS.eps_plot, timesteps, {
+        "mean over captions": errors.mean(0), "worst caption": errors.max(0),
+        "best caption": errors.min(0)},
+        x_label="t (of 1000)", y_label="|eps_learned - eps_exact| / |eps_exact|")
   return [(t, f"{errors[:, i].mean():.3f}", f"{errors[:, i].min():.3f}-{errors[:, i].max():.3f}")
-          for i, t in enumerate(EPS_TIMESTEPS)]
+          for i, t in enumerate(timesteps)]
 
 
 def distil(object_name, seed):
@@ -114,9 +128,10 @@ def main(argv):
   objects = list(ablations.OBJECT_BY_NAME) if FLAGS.objects == ["all"] else FLAGS.objects
   lines = [f"## {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, "
            f"{os.cpu_count()} CPUs", "", f"`{' '.join(sys.argv)}`", ""]
-  if FLAGS.samples_per_prompt:
+  if FLAGS.samples_per_prompt and FLAGS.samples:
     lines += ["| caption | object accuracy of samples |", "|---|---|"]
     lines += [f"| {a} | {b} |" for a, b in sample_scores()] + [""]
+  if FLAGS.samples_per_prompt:
     lines += ["| t | relative error of the learned conditional eps (mean over captions) | "
               "range over captions |", "|---|---|---|"]
     lines += [f"| {t} | {mean} | {spread} |" for t, mean, spread in eps_errors()] + [""]

@@ -16,6 +16,12 @@ Each run trains for configs/toy.py's step count unless --steps is given; a run c
 much as the toy quick start (README), so size the study with --arms, --seeds and --steps.
 --table_only rewrites the table and figures from the runs finished so far.
 
+  python experiments/run_ablations.py --prior=toy_sd   # the same studies with the toy SD
+runs every study with the shipped toy Stable Diffusion as the prior (configs/toy_sd.py, 1500
+steps a run; the bank "toy_sd" of configs/ablations.py) instead of a closed-form bank, into
+experiments/results/ablations_toy_sd.md and ablations_toy_sd/ (runs in runs/ablations_toy_sd).
+The two lighting studies, which differ only in their bank, become one.
+
 Each run lives in its own workdir under --runs_dir with its scores in scores.json; finished
 runs are reused and interrupted ones resume from their last checkpoint, so the script can be
 restarted at any time.
@@ -36,10 +42,15 @@ from dfjax.eval import ablations as study  # pylint: disable=g-import-not-at-top
 
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+# --prior -> the name of its results (ablations.md, ablations/) and default runs folder.
+PRIORS = {"closed_form": "ablations", "toy_sd": "ablations_toy_sd"}
 
 
 def parse_args(argv):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--prior", default="closed_form", choices=PRIORS,
+                      help="the studies' prior: each study's closed-form toy bank, or the "
+                      "shipped toy Stable Diffusion")
   parser.add_argument("--quick", action="store_true",
                       help="1 object, 1 seed, few steps; results go under --runs_dir only")
   parser.add_argument("--runs_dir", default=None, help="workdirs of the runs "
@@ -86,8 +97,16 @@ def select_studies(args):
                for s in studies]
     studies = [s for s in studies if len(s.arms) > 1]
   if args.banks:
+    if args.prior != "closed_form":
+      sys.exit(f"error: --banks chooses closed-form banks; --prior={args.prior} has its own")
     banks = names(args.banks, ablation_configs.BANKS, "bank")
     studies = [s for s in studies if s.bank in banks]
+  if args.prior == "toy_sd":  # one bank for every study: studies that differed by it merge
+    merged = []
+    for s in studies:
+      if not any(s.arms == kept.arms for kept in merged):
+        merged.append(dataclasses.replace(s, bank="toy_sd", toy_world=""))
+    studies = merged
   if args.objects:
     objects = tuple(names(args.objects, study.OBJECT_BY_NAME, "object"))
     studies = [dataclasses.replace(s, objects=objects) for s in studies]
@@ -101,10 +120,11 @@ def main(argv):
       sys.exit(f"error: --{flag} must be at least 1, got {getattr(args, flag)}")
   seeds = list(range(args.seeds or (1 if args.quick else 2)))
   steps = args.steps or (30 if args.quick else None)
-  runs_dir = args.runs_dir or ("runs/ablations_quick" if args.quick else "runs/ablations")
+  name = PRIORS[args.prior]
+  runs_dir = args.runs_dir or (f"runs/{name}_quick" if args.quick else f"runs/{name}")
   results_dir = args.results_dir or (runs_dir if args.quick else RESULTS)
-  out_md = os.path.join(results_dir, "ablations.md")
-  out_figures = os.path.join(results_dir, "ablations")
+  out_md = os.path.join(results_dir, f"{name}.md")
+  out_figures = os.path.join(results_dir, name)
   studies = select_studies(args)
   runs = study.plan(studies, seeds)
   print(f"{len(runs)} runs in {runs_dir}", flush=True)

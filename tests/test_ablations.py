@@ -50,9 +50,12 @@ def test_each_arm_differs_from_the_full_method_only_in_its_own_fields(arm, bank)
   assert changed <= set(ablations.ARMS[arm])
   for name, value in ablations.ARMS[arm].items():
     assert config[name] == value
-  # And the full method on a bank differs from configs/toy.py only in the bank's fields.
-  toy = flatten(toy_config.get_config())
+  # And the full method on a bank differs from configs/toy.py (configs/toy_sd.py for the
+  # learned prior) only in the bank's fields.
+  from configs import toy_sd  # pylint: disable=g-import-not-at-top
+  toy = flatten((toy_sd if bank in ablations.LEARNED_PRIOR_BANKS else toy_config).get_config())
   assert {name for name in toy if toy[name] != base[name]} <= set(ablations.BANKS[bank])
+  config_checks.check_config(ablations.get_config(f"{arm},{bank}"))
 
 
 @pytest.mark.parametrize("arm", list(ablations.ARMS))
@@ -169,6 +172,15 @@ def test_command_line_narrows_the_studies_and_refuses_unknown_names(script):
                      ("--objects=no_such_object", "object")):
     with pytest.raises(SystemExit, match=f"error: unknown {what} 'no_such_"):
       script.select_studies(script.parse_args([flag]))
+
+
+def test_with_the_toy_sd_every_study_runs_on_it_and_the_lighting_studies_are_one(script):
+  studies = script.select_studies(script.parse_args(["--prior=toy_sd"]))
+  assert all(s.bank == "toy_sd" and not s.toy_world for s in studies)
+  assert [s.arms for s in studies] == list(dict.fromkeys(s.arms for s in study_lib.STUDIES))
+  assert len(studies) == len(study_lib.STUDIES) - 1  # the two lighting studies are one
+  with pytest.raises(SystemExit, match="--banks chooses closed-form banks"):
+    script.select_studies(script.parse_args(["--prior=toy_sd", "--banks=uniform"]))
 
 
 @pytest.mark.parametrize("flag", ["--seeds=0", "--steps=-5"])

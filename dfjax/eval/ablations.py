@@ -586,10 +586,18 @@ def front_feature_note(study, results, seeds):
 def write_table(path, results, *, studies, seeds, steps, command, timings):
   objects = sorted({o for study in studies for o in study.objects})
   truths = {o: truth_scores(o) for o in objects}
+  if all(study.bank in ablation_configs.LEARNED_PRIOR_BANKS for study in studies):
+    title, method = " with the toy Stable Diffusion", (
+        "configs/toy_sd.py) with one group of fields changed (configs/ablations.py), trained "
+        "with the shipped toy Stable Diffusion as the prior (guidance 100, lit and textureless "
+        "views after the warm-up, as the paper)")
+  else:
+    title, method = "", ("configs/toy.py) with one group of fields changed "
+                         "(configs/ablations.py), trained with the closed-form prior of a toy "
+                         "bank")
   lines = [
-      "# Ablations on the toy world (arXiv:2209.14988 §4, Fig. 6)", "",
-      "Each arm is the full method (configs/toy.py) with one group of fields changed "
-      "(configs/ablations.py), trained with the closed-form prior of a toy bank and scored "
+      f"# Ablations on the toy world{title} (arXiv:2209.14988 §4, Fig. 6)", "",
+      f"Each arm is the full method ({method} and scored "
       "against the true object (dfjax.eval.ablation_metrics, dfjax.eval.metrics). Values are "
       "mean ± "
       f"sample standard deviation over each study's objects × {len(seeds)} seed(s) ({seeds}); "
@@ -610,7 +618,8 @@ def write_table(path, results, *, studies, seeds, steps, command, timings):
         front_feature_note(study, results, seeds) + study_summary(study, results, seeds))
     if study.toy_world:
       lines += [f"In the toy world, {study.toy_world[0].lower()}{study.toy_world[1:]}", ""]
-  lines += [f"Figures: ablations/*.png beside this file (seed {seeds[0]}; rows: the true "
+  figures = os.path.splitext(os.path.basename(path))[0]
+  lines += [f"Figures: {figures}/*.png beside this file (seed {seeds[0]}; rows: the true "
             "object, then each arm; columns: azimuth " + ", ".join(map(str, FIGURE_AZIMUTHS))
             + f" at {EVAL_ELEVATION:g}° elevation, albedo).", ""]
   os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
