@@ -169,6 +169,7 @@ def blob_density(points):
 
 def test_ray_profiles_of_a_gaussian_blob_match_the_closed_form():
   from dfjax.scene import cameras  # pylint: disable=g-import-not-at-top
+  from dfjax.scene import render as render_lib  # pylint: disable=g-import-not-at-top
   camera = cameras.camera_from_angles(azimuth_deg=30.0, elevation_deg=20.0, distance=2.0,
                                       fov_deg=40.0, width=24, height=24)
   max_density, alpha = mesh_lib.ray_profiles(blob_density, camera, num_samples=512,
@@ -180,6 +181,14 @@ def test_ray_profiles_of_a_gaussian_blob_match_the_closed_form():
   depth = peak * BLOB_SIGMA * np.sqrt(np.pi)
   np.testing.assert_allclose(alpha, 1.0 - np.exp(-depth), atol=1e-3)
   assert alpha.max() > 0.9 and alpha.min() < 0.01  # the silhouette's edge is in the image
+  # Rays that miss the bounding sphere see nothing, however dense the field at the camera.
+  small = mesh_lib.ray_profiles(lambda p: jnp.full(p.shape[:-1], 7.0), camera, num_samples=8,
+                                bound_radius=0.3)
+  near, far = render_lib.intersect_sphere(rays.origins, rays.directions, 0.3)
+  missed = np.asarray(far == near)
+  assert missed.any() and not missed.all()
+  assert np.all(small[0][missed] == 0) and np.all(small[1][missed] == 0)
+  np.testing.assert_allclose(small[0][~missed], 7.0)
 
 
 def test_silhouette_threshold_of_a_gaussian_blob_is_ln2_over_sigma_root_pi():

@@ -224,7 +224,7 @@ def ray_profiles(density_fn: PointFn, camera, *, num_samples: int, bound_radius:
     camera: dfjax.scene.cameras.Camera, H x W pixels.
 
   Returns:
-    (max_density [H, W], alpha [H, W]) numpy float32.
+    (max_density [H, W], alpha [H, W]) numpy float32; both 0 on rays that miss the sphere.
   """
   rays = cameras_lib.generate_rays(camera)
   near, far = render_lib.intersect_sphere(rays.origins, rays.directions, bound_radius)
@@ -234,7 +234,9 @@ def ray_profiles(density_fn: PointFn, camera, *, num_samples: int, bound_radius:
   density = evaluate_points(density_fn, np.asarray(points).reshape(-1, 3), chunk=chunk)
   density = np.nan_to_num(density.reshape(t_mid.shape), nan=0.0)
   alpha = 1.0 - np.exp(-np.sum(density * np.asarray(deltas), axis=-1))
-  return density.max(axis=-1), alpha.astype(np.float32)
+  # A ray that misses the sphere has near = far: its "samples" all sit at one point outside.
+  max_density = np.where(np.asarray(far > near), density.max(axis=-1), 0.0)
+  return max_density.astype(np.float32), alpha.astype(np.float32)
 
 
 def silhouette_threshold(max_density: np.ndarray, alpha: np.ndarray, *,
