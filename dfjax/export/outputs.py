@@ -3,9 +3,9 @@
 The mesh is the level set τ = threshold of the density field (DreamFusion §4, "after
 optimisation": marching cubes, `export.mesh`), with vertices in world units; the threshold is
 `export.threshold`, or chosen so the level set's silhouettes match the renders'
-(`surface_threshold`). mesh.ply carries
-the albedo as vertex colours; mesh.glb and mesh.obj (+ mesh.mtl, mesh_albedo.png) are
-simplified to a face budget, UV-unwrapped and carry it as a baked texture (`export.texture`).
+(`surface_threshold`). mesh.ply carries the albedo as vertex colours; mesh.glb and mesh.obj
+(+ mesh.mtl, mesh_albedo.png) are simplified to a face budget, UV-unwrapped and carry it as a
+baked texture (`export.texture`).
 The video (`export.video`) shows colour, normals and textureless renders side by side,
 orbiting at a fixed elevation from the front.
 
