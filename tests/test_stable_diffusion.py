@@ -160,6 +160,26 @@ def test_safetensors_conversion_matches_pytorch(safetensors_dir, safetensors_pri
   np.testing.assert_allclose(_jit(prior.encode)(prior.params, images), expected, atol=1e-4)
 
 
+def test_view_dependence_off_conditions_every_bucket_on_the_bare_prompt(safetensors_dir,
+                                                                        safetensors_prior):
+  """config.prior.view_dependent reaches the Stable Diffusion prior (the §3.2 ablation):
+  the four buckets' embeddings are then the bare prompt's, not "{prompt}, {view} view"."""
+  from configs import dreamfusion  # pylint: disable=g-import-not-at-top
+  from dfjax.train import prior_setup  # pylint: disable=g-import-not-at-top
+  config = dreamfusion.get_config()
+  config.prompt, config.prior.model, config.camera.resolution = PROMPT, safetensors_dir, 16
+  config.prior.view_dependent, config.prior.dtype = False, "float32"
+  plain, _ = prior_setup.build_prior(config)
+  assert list(plain.prompts) == [PROMPT] * 4 + [""]
+  embeddings = np.asarray(plain.params.text_embeddings)
+  np.testing.assert_array_equal(embeddings, np.broadcast_to(embeddings[:1], embeddings.shape))
+  view_dependent = np.asarray(safetensors_prior.params.text_embeddings)
+  assert safetensors_prior.prompts[0] == f"{PROMPT}, front view"
+  assert np.abs(view_dependent - embeddings).max() > 1e-3  # the suffixes change them
+  np.testing.assert_array_equal(plain.params.uncond_embedding,
+                                safetensors_prior.params.uncond_embedding)
+
+
 def test_loader_takes_every_size_from_the_configs(other_dir):
   torch = pytest.importorskip("torch")
   from diffusers import AutoencoderKL, UNet2DConditionModel

@@ -42,7 +42,8 @@ class StableDiffusionParams:
     vae_encoder: {"encoder": ..., "quant_conv": ...} of the VAE (the decoder is not needed),
       or None when the prior was loaded with use_vae=False.
     text_embeddings: [4, L, D] CLIP hidden states of "{prompt}, {suffix}" for view buckets
-      0 front, 1 side, 2 back, 3 overhead (DreamFusion §3.2).
+      0 front, 1 side, 2 back, 3 overhead (DreamFusion §3.2); of the bare prompt in every
+      bucket when the prior is not view-dependent.
     uncond_embedding: [1, L, D] hidden states of the empty prompt (classifier-free guidance).
   """
   unet: dict
@@ -184,7 +185,8 @@ def eps_from_v_prediction(v, x_t, alpha_bar):
 
 
 def load_stable_diffusion(model, *, revision=None, dtype="float32", prompt,
-                          view_suffixes=DEFAULT_VIEW_SUFFIXES, use_vae=True, render_size=64):
+                          view_suffixes=DEFAULT_VIEW_SUFFIXES, view_dependent=True,
+                          use_vae=True, render_size=64):
   """Loads a Stable Diffusion pipeline as a frozen SDS prior.
 
   Args:
@@ -197,6 +199,8 @@ def load_stable_diffusion(model, *, revision=None, dtype="float32", prompt,
     prompt: the text prompt.
     view_suffixes: four suffixes appended as "{prompt}, {suffix}" for view buckets 0 front,
       1 side, 2 back, 3 overhead (DreamFusion §3.2).
+    view_dependent: False conditions every view bucket on the bare prompt (the ablation of
+      §3.2's view-dependent prompts).
     use_vae: False skips the VAE in `encode` (for cost studies only).
     render_size: the render resolution the trainer should use (DreamFusion renders 64x64);
       renders are upsampled to the VAE's input size inside `encode`.
@@ -217,7 +221,8 @@ def load_stable_diffusion(model, *, revision=None, dtype="float32", prompt,
     vae, vae_encoder, latent_space = _load_vae(root, compute_dtype, unet=unet)
   else:
     vae, vae_encoder, latent_space = None, None, latent_space_of(unet)
-  prompts = [f"{prompt}, {suffix}" for suffix in view_suffixes] + [""]
+  prompts = [f"{prompt}, {suffix}" if view_dependent else prompt
+             for suffix in view_suffixes] + [""]
   embeddings = prompt_embeddings(root, prompts)
   if embeddings.shape[-1] != unet.cross_attention_dim:
     raise UserError(f"{root}: the text encoder's width {embeddings.shape[-1]} differs from the "

@@ -31,7 +31,8 @@ def build_prior(config):
                       "(a diffusers-format Stable Diffusion directory or hub id)")
     prior = stable_diffusion.load_stable_diffusion(
         config.prior.model, revision=config.prior.revision or None, dtype=config.prior.dtype,
-        prompt=config.prompt, use_vae=config.prior.use_vae, render_size=config.camera.resolution)
+        prompt=config.prompt, view_dependent=config.prior.view_dependent,
+        use_vae=config.prior.use_vae, render_size=config.camera.resolution)
     return prior, camera_kwargs
   if kind == "toy":
     from dfjax.toy import banks as toy_banks  # pylint: disable=g-import-not-at-top
