@@ -63,8 +63,10 @@ def evaluation_cameras(config, *, num_azimuths: int, resolution: int):
 def render_modes(scene, params, step: int, cameras) -> dict:
   """{"color": [N, H, W, 3], "geometry": [N, H, W, 3]} renders through model_lib.render_preview."""
   from dfjax.train import model as model_lib  # pylint: disable=g-import-not-at-top
-  preview = jax.jit(lambda p, camera: model_lib.render_preview(scene, p, camera, step))
-  rendered = [jax.device_get(preview(params, camera)) for camera in cameras]
+  preview = jax.jit(lambda p, camera, grid: model_lib.render_preview(scene, p, camera, step,
+                                                                     grid))
+  grid = jax.jit(lambda p: model_lib.preview_grid(scene, p, step))(params)
+  rendered = [jax.device_get(preview(params, camera, grid)) for camera in cameras]
   return {column: np.stack([images[mode] for images in rendered])
           for column, mode in MODES.items()}
 

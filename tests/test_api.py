@@ -76,7 +76,7 @@ def tiny_config(bank: str, **overrides):
   """configs/bank.py made tiny, through the API's overrides."""
   settings = dict(prior__bank=bank, prompt=PROMPT, field__num_blocks=1, field__hidden_units=16,
                   field__max_deg=4, render__num_samples=8, train__steps=STEPS,
-                  train__checkpoint_every=2, train__log_every=1, train__image_every=0,
+                  train__checkpoint_every=2, train__log_every=1, train__image_every=STEPS,
                   export__resolution=16, export__threshold=5.0, export__video_frames=2,
                   export__video_resolution=8, export__texture_size=16, export__faces=100)
   settings.update(overrides)
@@ -109,6 +109,11 @@ def test_train_returns_the_step_the_files_and_the_last_metrics(first_run):
   assert all(os.path.getsize(p) > 0 for p in (*result.meshes, result.video))
   assert dict(result.metrics) == metrics_lines(result.workdir)[-1]
   assert result.metrics["step"] == STEPS and "loss_sds" in result.metrics
+  # The preview grid of the last step (train.image_every): colour and textureless per view.
+  events = b"".join(open(os.path.join(root, name), "rb").read() for root, _, names in
+                    os.walk(os.path.join(result.workdir, "tensorboard")) for name in names)
+  for name in ("albedo/front", "albedo/overhead", "textureless/back", "textureless/side"):
+    assert name.encode() in events, name
 
 
 def test_a_second_call_with_more_steps_resumes(first_run, bank, capsys):

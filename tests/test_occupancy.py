@@ -152,3 +152,32 @@ def test_bad_sampler_settings_name_their_field():
   config = toy.get_config()
   config.render.sampler = "occupancy"
   config_checks.check_config(config)
+
+
+def test_previews_of_a_skipping_run_place_their_samples_as_its_training_does():
+  """model.render_preview with the occupancy sampler skips by the given grid, or by the
+  deterministic preview_grid of the parameters; over a grid with every cell occupied it is
+  the uniform sampler's preview."""
+  from configs import toy  # pylint: disable=g-import-not-at-top
+  from dfjax.train import model as model_lib  # pylint: disable=g-import-not-at-top
+  config = toy.get_config()
+  config.field.num_blocks, config.field.hidden_units = 1, 16
+  uniform = model_lib.create_scene(config, None, camera_kwargs={})
+  params = model_lib.init_params(uniform, jax.random.PRNGKey(0))
+  config = toy.get_config()
+  config.field.num_blocks, config.field.hidden_units = 1, 16
+  config.render.sampler, config.render.grid_resolution = "occupancy", 8
+  skipping = model_lib.create_scene(config, None, camera_kwargs={})
+  camera = model_lib.preview_cameras(config, resolution=8)[0]
+  assert model_lib.preview_grid(uniform, params, 0) is None
+  preview = lambda scene: jax.jit(lambda p, grid: model_lib.render_preview(
+      scene, p, camera, 0, grid))
+  skip_by = preview(skipping)
+  expected, got = preview(uniform)(params, None), skip_by(params, jnp.full((8, 8, 8), 1e3))
+  for mode in model_lib.PREVIEW_MODES:
+    np.testing.assert_allclose(got[mode], expected[mode], atol=2e-5)
+  grid = jax.jit(lambda p: model_lib.preview_grid(skipping, p, 0))(params)
+  assert grid.shape == (8, 8, 8) and float(grid.min()) > 0.0  # exp density is positive
+  default, by_grid = preview(skipping)(params, None), skip_by(params, grid)
+  for mode in model_lib.PREVIEW_MODES:
+    np.testing.assert_array_equal(default[mode], by_grid[mode])

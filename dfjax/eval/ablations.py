@@ -168,9 +168,10 @@ def render_learned(field, params, camera, cov_scale, *, render_settings):
 
 
 def render_settings_of(config) -> tuple:
-  """`evaluators`' render settings for a run's config (the sampler's preview sample count)."""
+  """`evaluators`' render settings for a run's config: uniform samples at the run's finest
+  spacing (`model_lib.grid_free_samples`), so the scores do not depend on an occupancy grid."""
   r = config.render
-  return (model_lib.preview_samples(config), r.num_importance, r.bound_radius, r.normals,
+  return (model_lib.grid_free_samples(config), r.num_importance, r.bound_radius, r.normals,
           r.chunk)
 
 

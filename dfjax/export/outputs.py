@@ -44,7 +44,8 @@ def turntable_frames(scene, params, *, step: int) -> np.ndarray:
                                         distance=e.video_distance, fov_deg=e.video_fov,
                                         resolution=e.video_resolution)
   preview = jax.jit(functools.partial(model_lib.render_preview, scene))
-  frames = [jax.device_get(preview(params, camera, step)) for camera in cameras]
+  grid = jax.jit(functools.partial(model_lib.preview_grid, scene))(params, step)
+  frames = [jax.device_get(preview(params, camera, step, grid)) for camera in cameras]
   return video_lib.side_by_side([np.stack([frame[mode] for frame in frames])
                                  for mode in model_lib.PREVIEW_MODES])
 
@@ -77,7 +78,7 @@ def surface_threshold(scene, params, *, step: int, threshold: float | None = Non
       num_frames=THRESHOLD_VIEWS, elevation_deg=e.video_elevation, distance=e.video_distance,
       fov_deg=e.video_fov, resolution=THRESHOLD_RESOLUTION)
   profiles = [mesh_lib.ray_profiles(density_fn, camera,
-                                    num_samples=model_lib.preview_samples(config),
+                                    num_samples=model_lib.grid_free_samples(config),
                                     bound_radius=config.render.bound_radius)
               for camera in cameras]
   chosen, iou = mesh_lib.silhouette_threshold(np.stack([p[0] for p in profiles]),

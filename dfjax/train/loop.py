@@ -27,12 +27,13 @@ from dfjax.train import prior_setup
 from dfjax.train import step as step_lib
 
 
-def _log_images(writer, scene: model_lib.Scene, params, step: int, preview):
-  """Colour and textureless previews from the front, side, back and above, to TensorBoard."""
+def _log_images(writer, scene: model_lib.Scene, state, step: int, preview):
+  """Colour and textureless previews from the front, side, back and above, to TensorBoard
+  (rendered as the step renders: over the run's occupancy grid for that sampler)."""
   images = {}
   cameras = model_lib.preview_cameras(scene.config, resolution=scene.config.camera.resolution)
   for name, camera in zip(("front", "side", "back", "overhead"), cameras):
-    rendered = jax.device_get(preview(params, camera, step))
+    rendered = jax.device_get(preview(state.params, camera, step, state.occupancy))
     for mode in ("albedo", "textureless"):
       images[f"{mode}/{name}"] = rendered[mode]
   writer.write_images(step, images)
@@ -146,7 +147,7 @@ def train(config, workdir: str, *, allow_config_change: bool = False,
         _log_metrics(writer, display, state, metrics, step=step, clock=clock,
                      max_nonfinite_steps=config.optimizer.max_nonfinite_steps)
       if config.train.image_every and step % config.train.image_every == 0:
-        _log_images(writer, scene, state.params, step, preview)
+        _log_images(writer, scene, state, step, preview)
       if stop.requested or checkpointer.reached_preemption(step):
         checkpointer.save(step, state, force=True)
         print(f"stopped by {stop.signal_name or 'preemption'} at step {step}; checkpoint "

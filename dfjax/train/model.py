@@ -165,14 +165,35 @@ def render_view(scene: Scene, params, key: jax.Array, step, occupancy=None):
   return out, sample
 
 
-def preview_samples(config) -> int:
-  """Samples per ray of the deterministic renders (previews, export, evaluation): the uniform
-  sampler's `num_samples`, or for the occupancy sampler `num_candidates`, its finest spacing.
-
-  Previews use the uniform sampler either way, so they do not depend on the grid.
-  """
+def grid_free_samples(config) -> int:
+  """Samples per ray of the uniform renders that measure a run without its occupancy grid
+  (the scores, the export's surface level): `num_samples`, or for the occupancy sampler
+  `num_candidates`, its finest spacing."""
   r = config.render
   return r.num_candidates if r.sampler == "occupancy" else r.num_samples
+
+
+PREVIEW_GRID_POINTS = 4  # random points per cell of a preview's occupancy grid
+
+
+def preview_grid(scene: Scene, params, step):
+  """The grid the previews of an occupancy-sampler run skip empty space by, from `params`
+  alone (export and evaluation have no TrainState): per cell, the largest density at
+  PREVIEW_GRID_POINTS random points (fixed keys, so previews are deterministic). None for the
+  uniform sampler.
+
+  Returns:
+    [G, G, G] or None.
+  """
+  r = scene.config.render
+  if r.sampler != "occupancy":
+    return None
+  grid = jnp.zeros((r.grid_resolution,) * 3, jnp.float32)
+  for k in range(PREVIEW_GRID_POINTS):
+    grid = occupancy_lib.refresh_grid(
+        grid, lambda x: field_density(scene, params, x, step),
+        jax.random.fold_in(jax.random.PRNGKey(0), k), bound=r.bound_radius, decay=1.0)
+  return grid
 
 
 def preview_cameras(config, *, resolution: int):
@@ -188,27 +209,34 @@ def preview_cameras(config, *, resolution: int):
 PREVIEW_MODES = ("albedo", "normals", "textureless")
 
 
-def render_preview(scene: Scene, params, camera: cameras_lib.Camera, step) -> dict:
+def render_preview(scene: Scene, params, camera: cameras_lib.Camera, step,
+                   grid=None) -> dict:
   """Deterministic render of `params` from `camera` for logs, export and evaluation.
 
   One pass gives all three images: the samples are lit from the camera with textureless
   shading (normals computed), and the albedo is composited alongside (`RenderOutput.albedo`,
-  equal to an albedo-only render), so no image costs a render of its own.
+  equal to an albedo-only render), so no image costs a render of its own. The samples are
+  placed as in training: `num_samples` per ray by the run's sampler, over the occupied part
+  of `grid` (the run's occupancy grid, or `preview_grid` when None) for the occupancy
+  sampler.
 
   Returns:
     {"albedo": colour, "normals": normals mapped to [0, 1] over white, "textureless": white
     lit from the camera}, each [H, W, 3] in [0, 1].
   """
-  config = scene.config
+  config, r = scene.config, scene.config.render
   shading = shading_lib.Shading(light_position=camera.position, ambient=jnp.array(0.2),
                                 diffuse=jnp.array(0.8), textureless=jnp.array(1.0))
+  if r.sampler == "occupancy" and grid is None:
+    grid = preview_grid(scene, params, step)
   out = render_lib.render_image(
-      camera, key=jax.random.PRNGKey(0), chunk=config.render.chunk,
+      camera, key=jax.random.PRNGKey(0), chunk=r.chunk,
       field_fn=functools.partial(scene.field.apply, params["field"]),
       background_fn=scene.background_fn(params), shading=shading,
-      num_samples=preview_samples(config), num_importance=config.render.num_importance,
-      bound_radius=config.render.bound_radius, cov_scale=cov_scale_at(step, config),
-      randomized=False, normals=config.render.normals)
+      num_samples=r.num_samples, num_importance=r.num_importance,
+      bound_radius=r.bound_radius, cov_scale=cov_scale_at(step, config),
+      randomized=False, normals=r.normals, occupied_fn=occupied_fn(scene, grid),
+      num_candidates=r.num_candidates)
   alpha = out.accumulated_alpha[..., None]
   normals = 0.5 * out.normals + 0.5 * alpha + (1.0 - alpha)
   return {name: jnp.clip(image, 0.0, 1.0)
