@@ -32,32 +32,37 @@ from common import append_table  # pylint: disable=g-import-not-at-top
 import profile_step  # pylint: disable=g-import-not-at-top
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# key -> (name in the tables, config overrides); "uniform" is the paper's sampler as the
-# configs set it.
+# Samples per ray of each setup with the paper's uniform sampler (configs/toy.py's own
+# before it skipped empty space by default).
+UNIFORM_SAMPLES = {"toy": 32, "bank": 48, "paper": 64}
+# key -> (name in the tables, sampler, samples per ray as a fraction of UNIFORM_SAMPLES).
 VARIANTS = {
-    "uniform": ("uniform", {}),
-    "occupancy": ("occupancy, same samples", {"render.sampler": "occupancy"}),
-    "occupancy_half": ("occupancy, half the samples",
-                       {"render.sampler": "occupancy", "num_samples": 0.5}),
+    "uniform": ("uniform", "uniform", 1.0),
+    "occupancy": ("occupancy, same samples", "occupancy", 1.0),
+    "occupancy_half": ("occupancy, half the samples", "occupancy", 0.5),
 }
 
 
-def apply(config, overrides: dict):
-  for name, value in overrides.items():
-    if name == "num_samples":  # a fraction of the setup's own count
-      config.render.num_samples = int(config.render.num_samples * value)
-    else:
-      section, key = name.split(".")
-      config[section][key] = value
+def overrides(setup: str, key: str) -> dict:
+  """The config fields of a variant on a setup."""
+  _, sampler, fraction = VARIANTS[key]
+  return {"render.sampler": sampler,
+          "render.num_samples": int(UNIFORM_SAMPLES[setup] * fraction)}
+
+
+def apply(config, fields: dict):
+  for name, value in fields.items():
+    section, key = name.split(".")
+    config[section][key] = value
   return config
 
 
-def build(setup: str, overrides: dict, *, warm_steps: int):
-  """profile_step.build with the overrides; the state after `warm_steps` training steps."""
+def build(setup: str, fields: dict, *, warm_steps: int):
+  """profile_step.build with the fields; the state after `warm_steps` training steps."""
   from dfjax.train import model as model_lib  # pylint: disable=g-import-not-at-top
   from dfjax.train import prior_setup  # pylint: disable=g-import-not-at-top
   from dfjax.train import step as step_lib  # pylint: disable=g-import-not-at-top
-  config = apply(profile_step.setup_config(setup), overrides)
+  config = apply(profile_step.setup_config(setup), fields)
   prior, camera_kwargs = prior_setup.build_prior(config)
   scene = model_lib.create_scene(config, prior, camera_kwargs=camera_kwargs)
   optimizer = step_lib.create_optimizer(config)
@@ -77,7 +82,7 @@ def build(setup: str, overrides: dict, *, warm_steps: int):
 def step_times(setups, variants, *, rounds: int, repeats: int, warm_steps: int):
   rows = []
   for setup in setups:
-    built = {key: build(setup, VARIANTS[key][1], warm_steps=warm_steps) for key in variants}
+    built = {key: build(setup, overrides(setup, key), warm_steps=warm_steps) for key in variants}
     times = {key: [] for key in variants}
     for _ in range(rounds):
       for name, (timed, _, _) in built.items():
@@ -97,13 +102,8 @@ def step_times(setups, variants, *, rounds: int, repeats: int, warm_steps: int):
 
 def distil(object_name: str, seed: int, key: str, runs_dir: str, export_threshold=None):
   """configs/toy.py on one object with a variant's overrides, timed (export off), scored."""
-  from configs import toy  # pylint: disable=g-import-not-at-top
-  overrides = VARIANTS[key][1]
   flags = ["--config.export.at_end=False"] + [
-      f"--config.{k}={v}" for k, v in overrides.items() if k != "num_samples"]
-  if "num_samples" in overrides:
-    samples = int(toy.get_config().render.num_samples * overrides["num_samples"])
-    flags.append(f"--config.render.num_samples={samples}")
+      f"--config.{k}={v}" for k, v in overrides("toy", key).items()]
   workdir = os.path.join(runs_dir, f"{object_name}_seed{seed}_{key}")
   seconds, scores, _ = common.distil("configs/toy.py", object_name, seed, workdir, flags,
                                      quiet=True, export_threshold=export_threshold)
