@@ -162,6 +162,7 @@ def test_previews_of_a_skipping_run_place_their_samples_as_its_training_does():
   from dfjax.train import model as model_lib  # pylint: disable=g-import-not-at-top
   config = toy.get_config()
   config.field.num_blocks, config.field.hidden_units = 1, 16
+  config.render.sampler = "uniform"
   uniform = model_lib.create_scene(config, None, camera_kwargs={})
   params = model_lib.init_params(uniform, jax.random.PRNGKey(0))
   config = toy.get_config()
