@@ -209,7 +209,8 @@ def tiny_run_config(original):
     config = original(run, steps=steps)
     config.toy.resolution, config.toy.views_per_object = 16, 8
     config.field.num_blocks, config.field.hidden_units = 1, 16
-    config.render.num_samples = 8
+    # 8 samples per ray, and 16 candidate bins: the scores render at that finest spacing.
+    config.render.num_samples, config.render.num_candidates = 8, 16
     return config
 
   return run_config
