@@ -104,24 +104,37 @@ def distil(object_name: str, seed: int, key: str, runs_dir: str, export_threshol
   """configs/toy.py on one object with a variant's overrides, timed (export off), scored."""
   flags = ["--config.export.at_end=False"] + [
       f"--config.{k}={v}" for k, v in overrides("toy", key).items()]
-  workdir = os.path.join(runs_dir, f"{object_name}_seed{seed}_{key}")
+  workdir = run_dir(runs_dir, object_name, seed, key)
   seconds, scores, _ = common.distil("configs/toy.py", object_name, seed, workdir, flags,
                                      quiet=True, export_threshold=export_threshold)
   return seconds, scores
 
 
-def quality(objects, seeds, variants, runs_dir: str, export_threshold=None):
-  """A row per run, then a mean row per variant when there is more than one run each."""
+def run_dir(runs_dir: str, object_name: str, seed: int, key: str) -> str:
+  return os.path.join(runs_dir, f"{object_name}_seed{seed}_{key}")
+
+
+def quality(objects, seeds, variants, runs_dir: str, export_threshold=None,
+            finished_only=False):
+  """A row per run, then a mean row per variant when there is more than one run each.
+
+  With `finished_only`, an object and seed is left out unless every variant's run has
+  finished in `runs_dir` (nothing is trained).
+  """
   rows, means = [], {key: [] for key in variants}
   for object_name in objects:
     for seed in seeds:
+      if finished_only and not all(
+          os.path.isfile(os.path.join(run_dir(runs_dir, object_name, seed, key),
+                                      common.SECONDS_FILE)) for key in variants):
+        continue
       for key in variants:  # alternating, as the step times are
         seconds, s = distil(object_name, seed, key, runs_dir, export_threshold)
         means[key].append([seconds, s["iou"], s["mask_iou"], s["psnr"], s["empty_density"]])
         rows.append([object_name, seed, VARIANTS[key][0], f"{seconds:.0f}", f"{s['iou']:.3f}",
                      f"{s['mask_iou']:.3f}", f"{s['psnr']:.1f}", f"{s['empty_density']:.3f}"])
         print(rows[-1], flush=True)
-  if len(objects) * len(seeds) > 1:
+  if len(means[variants[0]]) > 1:
     for key, values in means.items():
       mean = [statistics.fmean(column) for column in zip(*values)]
       rows.append([f"**mean of {len(values)}**", "", VARIANTS[key][0], f"{mean[0]:.0f}",
@@ -141,6 +154,9 @@ def main():
                       help=f"samplers to compare, the first the baseline: {', '.join(VARIANTS)}")
   parser.add_argument("--runs_dir", default="", help="run folders (default: a temporary one); "
                       "finished runs found there are scored again, not trained again")
+  parser.add_argument("--finished_only", action="store_true",
+                      help="score only the objects and seeds whose runs have all finished "
+                      "in --runs_dir")
   parser.add_argument("--export_threshold", type=float, default=None,
                       help="score with this surface level instead of each run's own (0: "
                       "chosen from the renders)")
@@ -159,7 +175,8 @@ def main():
   if args.objects:
     with tempfile.TemporaryDirectory() as scratch:
       rows = quality(args.objects.split(","), [int(s) for s in args.seeds.split(",")],
-                     variants, args.runs_dir or scratch, args.export_threshold)
+                     variants, args.runs_dir or scratch, args.export_threshold,
+                     args.finished_only)
     append_table("Samplers: configs/toy.py runs scored against the true objects",
                  ["object", "seed", "sampler", "seconds (command, export off)", "mesh IoU",
                   "held-out silhouette IoU", "held-out PSNR", "empty-space density"], rows,
