@@ -105,8 +105,8 @@ def eps_errors():
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import common  # pylint: disable=g-import-not-at-top
     common.line_plot(FLAGS.eps_plot, timesteps, {
-        "mean over captions": errors.mean(0), "worst caption": errors.max(0),
-        "best caption": errors.min(0)},
+        "mean over captions": errors.mean(0), "largest over captions": errors.max(0),
+        "smallest over captions": errors.min(0)},
         x_label="t (of 1000)", y_label="|eps_learned - eps_exact| / |eps_exact|")
   return [(t, f"{errors[:, i].mean():.3f}", f"{errors[:, i].min():.3f}-{errors[:, i].max():.3f}")
           for i, t in enumerate(timesteps)]
