@@ -27,7 +27,8 @@ import make_colab_notebook  # pylint: disable=g-import-not-at-top,wrong-import-p
 STEPS = 20
 # The quick start made small; every field is one of configs/toy.py's.
 SMALL = {"toy__views_per_object": 8, "field__num_blocks": 1, "field__hidden_units": 16,
-         "render__num_samples": 16, "render__num_candidates": 32, "train__log_every": 5, "train__image_every": 0,
+         "render__num_samples": 16, "render__num_candidates": 32, "train__log_every": 5,
+         "train__image_every": 0,
          "train__checkpoint_every": STEPS, "export__resolution": 32, "export__threshold": 5.0,
          "export__video_frames": 4, "export__video_resolution": 16,
          "export__texture_size": 32, "export__faces": 200}
