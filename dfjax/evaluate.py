@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 
 from absl import flags
-import jax
 import numpy as np
 
 from dfjax import cli
@@ -63,12 +62,8 @@ def evaluation_cameras(config, *, num_azimuths: int, resolution: int):
 def render_modes(scene, params, step: int, cameras) -> dict:
   """{"color": [N, H, W, 3], "geometry": [N, H, W, 3]} renders through model_lib.render_preview."""
   from dfjax.train import model as model_lib  # pylint: disable=g-import-not-at-top
-  preview = jax.jit(lambda p, camera, grid: model_lib.render_preview(scene, p, camera, step,
-                                                                     grid))
-  grid = jax.jit(lambda p: model_lib.preview_grid(scene, p, step))(params)
-  rendered = [jax.device_get(preview(params, camera, grid)) for camera in cameras]
-  return {column: np.stack([images[mode] for images in rendered])
-          for column, mode in MODES.items()}
+  renders = model_lib.render_previews(scene, params, cameras, step)
+  return {column: renders[mode] for column, mode in MODES.items()}
 
 
 def evaluate_run(workdir: str, *, clip: str, captions: str, num_azimuths: int = 8,

@@ -21,7 +21,6 @@ import os
 import tempfile
 
 from etils import epath
-import jax
 import numpy as np
 
 from dfjax.errors import UserError
@@ -43,11 +42,8 @@ def turntable_frames(scene, params, *, step: int) -> np.ndarray:
   cameras = video_lib.turntable_cameras(num_frames=e.video_frames, elevation_deg=e.video_elevation,
                                         distance=e.video_distance, fov_deg=e.video_fov,
                                         resolution=e.video_resolution)
-  preview = jax.jit(functools.partial(model_lib.render_preview, scene))
-  grid = jax.jit(functools.partial(model_lib.preview_grid, scene))(params, step)
-  frames = [jax.device_get(preview(params, camera, step, grid)) for camera in cameras]
-  return video_lib.side_by_side([np.stack([frame[mode] for frame in frames])
-                                 for mode in model_lib.PREVIEW_MODES])
+  videos = model_lib.render_previews(scene, params, cameras, step)
+  return video_lib.side_by_side([videos[mode] for mode in model_lib.PREVIEW_MODES])
 
 
 # Views a chosen surface threshold matches: azimuths around the object at the turntable's
@@ -55,13 +51,17 @@ def turntable_frames(scene, params, *, step: int) -> np.ndarray:
 THRESHOLD_VIEWS, THRESHOLD_RESOLUTION = 8, 64
 
 
-def surface_threshold(scene, params, *, step: int, threshold: float | None = None):
+def surface_threshold(scene, params, *, step: int, threshold: float | None = None,
+                      density_fn=None):
   """The density level of the exported surface, and how it was set (for the log line).
 
   `threshold` (or else `export.threshold`) when positive; 0 chooses it from the renders: the
   level whose silhouettes match the deterministic renders' opacity silhouettes over
   THRESHOLD_VIEWS views (`mesh.silhouette_threshold`), so the mesh is the object the renders
   and the video show.
+
+  `density_fn` is the field's point density at `step` (`mesh.point_fns_from_field`), built
+  here when not given.
 
   Returns:
     (threshold, a few words on its origin).
@@ -71,9 +71,10 @@ def surface_threshold(scene, params, *, step: int, threshold: float | None = Non
   if threshold > 0:
     return float(threshold), "as set"
   e = config.export
-  density_fn, _ = mesh_lib.point_fns_from_field(
-      functools.partial(scene.field.apply, params["field"]),
-      sample_variance=float(model_lib.cov_scale_at(step, config)))
+  if density_fn is None:
+    density_fn, _ = mesh_lib.point_fns_from_field(
+        functools.partial(scene.field.apply, params["field"]),
+        sample_variance=float(model_lib.cov_scale_at(step, config)))
   cameras = video_lib.turntable_cameras(
       num_frames=THRESHOLD_VIEWS, elevation_deg=e.video_elevation, distance=e.video_distance,
       fov_deg=e.video_fov, resolution=THRESHOLD_RESOLUTION)
@@ -153,7 +154,8 @@ def export_run(scene, params, workdir: str, *, step: int, resolution: int | None
   written, summary = [], "no mesh"
   with staged_folder(workdir) as folder:
     try:
-      level, origin = surface_threshold(scene, params, step=step, threshold=threshold)
+      level, origin = surface_threshold(scene, params, step=step, threshold=threshold,
+                                        density_fn=density_fn)
       mesh = mesh_lib.extract_mesh(density_fn, albedo_fn, resolution=resolution or e.resolution,
                                    bound=e.bound, threshold=level)
       written, summary = write_meshes(mesh, albedo_fn, folder, formats=formats,

@@ -21,6 +21,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 from dfjax.scene import background as background_lib
 from dfjax.scene import cameras as cameras_lib
@@ -241,3 +242,15 @@ def render_preview(scene: Scene, params, camera: cameras_lib.Camera, step,
   normals = 0.5 * out.normals + 0.5 * alpha + (1.0 - alpha)
   return {name: jnp.clip(image, 0.0, 1.0)
           for name, image in zip(PREVIEW_MODES, (out.albedo, normals, out.rgb))}
+
+
+def render_previews(scene: Scene, params, cameras, step) -> dict:
+  """`render_preview` of each camera (one compilation; the preview grid computed once).
+
+  Returns:
+    {mode: [N, H, W, 3] numpy} for each of PREVIEW_MODES.
+  """
+  preview = jax.jit(functools.partial(render_preview, scene))
+  grid = jax.jit(functools.partial(preview_grid, scene))(params, step)
+  frames = [jax.device_get(preview(params, camera, step, grid)) for camera in cameras]
+  return {mode: np.stack([frame[mode] for frame in frames]) for mode in PREVIEW_MODES}
