@@ -18,6 +18,7 @@ import jax.numpy as jnp
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import append_table, time_call  # pylint: disable=g-import-not-at-top
 
+from dfjax import cli  # pylint: disable=g-import-not-at-top
 from dfjax.scene import background
 from dfjax.scene import cameras
 from dfjax.scene import field
@@ -72,4 +73,5 @@ def main():
 
 
 if __name__ == "__main__":
+  cli.restart_with_huge_pages()  # as the command lines run (dfjax/cli.py)
   main()

@@ -14,8 +14,10 @@ RESULTS = os.path.join(os.path.dirname(__file__), "results", "bench.md")
 
 def machine() -> str:
   device = jax.devices()[0]
+  pages = ", malloc huge pages" if "hugetlb=1" in os.environ.get("GLIBC_TUNABLES", "") else ""
   return (f"{platform.machine()}, {os.cpu_count()} CPUs, "
-          f"jax {jax.__version__}, {jax.device_count()}x {device.device_kind} ({device.platform})")
+          f"jax {jax.__version__}, {jax.device_count()}x {device.device_kind} ({device.platform})"
+          + pages)
 
 
 def time_call(fn, *args, repeats: int = 5):
