@@ -118,6 +118,9 @@ def prior_config() -> ml_collections.ConfigDict:
   prior.revision = ""  # hub revision (e.g. "bf16" for CompVis/stable-diffusion-v1-4)
   prior.dtype = "bfloat16"  # U-Net/VAE parameter and compute dtype; SDS gradient is float32
   prior.use_vae = True  # False skips the VAE (cost studies only)
+  # The U-Net's attention: "dense", "split_heads" or "chunked" (dfjax.priors.stable_diffusion.
+  # ATTENTION; same weights, same result up to rounding): the fastest measured on CPU
+  prior.attention = "split_heads"
   prior.bank = ""  # .npz bank file, for kind == "bank"
   prior.view_dependent = True  # view-dependent prompts (§3.2)
   prior.guidance_scale = 100.0  # classifier-free guidance s in u + s (c - u)

@@ -15,14 +15,18 @@ Measured per step, for `--batch` renders of 64x64:
   sds:       the whole prior side of a step, `jax.grad` of `dfjax.priors.sds.score_distillation`
              w.r.t. the renders.
 FLOPs come from XLA's cost analysis of the compiled program (a multiply-add counts 2), time
-is the median wall time of `--repeats` calls after compilation.
+is the median wall time of `--repeats` rounds after compilation and a warm-up call, every
+piece called once a round, so a drifting machine load favours none.
 
 Usage, with dfjax installed (`pip install -e .`). --quick is SD 1.5 only, unet and vae+grad,
 one timed call each (3.5 minutes on 2 CPU cores):
   python experiments/bench_prior.py --quick
   python experiments/bench_prior.py --pieces unet,vae+grad --repeats 1        # ~7 min on CPU
 Everything (both models, three pieces; minutes on a GPU, long on a CPU):
-  python experiments/bench_prior.py --dtype bfloat16 --repeats 5
+  python experiments/bench_prior.py --dtypes float32,bfloat16 --repeats 5
+The U-Net's attention variants and both dtypes, alternating (SD 1.5, about 15 min on 2 cores):
+  python experiments/bench_prior.py --models sd15 --pieces unet,vae+grad \
+      --dtypes float32,bfloat16 --attention dense,split_heads,chunked --repeats 2
 The table is printed and appended to experiments/results/bench.md with the machine and date.
 """
 import argparse
@@ -37,6 +41,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dfjax import cli
 from dfjax.priors import diffusion
 from dfjax.priors import sd_checkpoint
 from dfjax.priors import sds
@@ -84,12 +89,18 @@ def random_params(abstract, *, seed):
   return jax.tree_util.tree_map_with_path(draw, abstract)
 
 
-def build_prior(unet_config, *, dtype):
-  """A StableDiffusionPrior with the given U-Net architecture, SD's VAE and random weights."""
+def build_prior(unet_config, *, dtype, attention="dense", params=None):
+  """A StableDiffusionPrior with the given U-Net architecture and attention (a key of
+  stable_diffusion.ATTENTION), SD's VAE, and random weights (or `params`, another such
+  prior's: the attention does not change them)."""
   unet_class, vae_class = sd_checkpoint.flax_model_classes()
   compute_dtype = stable_diffusion.DTYPES[dtype]
-  unet = unet_class.from_config(unet_config, dtype=compute_dtype)
+  # An older dfjax (compare_step.py's old tree) has only diffusers' default attention.
+  options = getattr(stable_diffusion, "ATTENTION", {"dense": {}})[attention]
+  unet = unet_class.from_config(dict(unet_config, **options), dtype=compute_dtype)
   vae = vae_class.from_config(SD_VAE, dtype=compute_dtype)
+  if params is not None:
+    return _prior(unet, vae, params, compute_dtype)
   key = jax.random.PRNGKey(0)
   vae_params = random_params(jax.eval_shape(vae.init_weights, key), seed=1)
   width = unet_config["cross_attention_dim"]
@@ -98,9 +109,12 @@ def build_prior(unet_config, *, dtype):
       unet=random_params(jax.eval_shape(unet.init_weights, key), seed=0),
       vae_encoder={"encoder": vae_params["encoder"], "quant_conv": vae_params["quant_conv"]},
       text_embeddings=embeddings[:4], uncond_embedding=embeddings[4:])
+  return _prior(unet, vae, stable_diffusion.cast_floating(params, compute_dtype), compute_dtype)
+
+
+def _prior(unet, vae, params, compute_dtype):
   return stable_diffusion.StableDiffusionPrior(
-      unet=unet, vae=vae, params=stable_diffusion.cast_floating(params, compute_dtype),
-      alphas_cumprod=diffusion.alphas_cumprod_from_config(),
+      unet=unet, vae=vae, params=params, alphas_cumprod=diffusion.alphas_cumprod_from_config(),
       image_size=RENDER_SIZE, latent_space=stable_diffusion.latent_space_of(unet, vae),
       prediction_type="epsilon",
       compute_dtype=compute_dtype, prompts=["random"] * 5)
@@ -132,24 +146,35 @@ def workloads(prior, *, batch):
           "sds": (sds_grad, (prior.params, images))}
 
 
-def measure(function, args, *, repeats):
-  """Compiles `function`, then times it.
-
-  Returns:
-    dict with compile_s, seconds (median of `repeats` calls), gflops (XLA cost analysis).
-  """
+def compile_piece(function, args):
+  """(compiled function, its args, compile seconds, GFLOPs from XLA's cost analysis)."""
   start = time.perf_counter()
   compiled = jax.jit(function).lower(*args).compile()
   compile_s = time.perf_counter() - start
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(compiled(*args))
-    times.append(time.perf_counter() - start)
-  return {"compile_s": compile_s, "seconds": statistics.median(times),
-          "gflops": float(cost.get("flops", float("nan"))) / 1e9}
+  return compiled, args, compile_s, float(cost.get("flops", float("nan"))) / 1e9
+
+
+def time_alternately(jobs, *, repeats):
+  """Times every job once per round, round after round, so a drifting load favours none.
+
+  Args:
+    jobs: list of (row dict, compiled function, args, compile seconds, GFLOPs).
+    repeats: timed rounds, after one untimed warm-up call of each job.
+
+  Returns:
+    the row dicts with compile_s, gflops and seconds (median over the rounds) added.
+  """
+  times = [[] for _ in jobs]
+  for round_index in range(repeats + 1):
+    for i, (_, compiled, args, _, _) in enumerate(jobs):
+      start = time.perf_counter()
+      jax.block_until_ready(compiled(*args))
+      if round_index:
+        times[i].append(time.perf_counter() - start)
+  return [dict(row, compile_s=compile_s, gflops=gflops, seconds=statistics.median(t))
+          for (row, _, _, compile_s, gflops), t in zip(jobs, times)]
 
 
 def machine_line():
@@ -157,15 +182,17 @@ def machine_line():
   device = jax.devices()[0]
   return (f"{platform.system()} {platform.machine()}, jax {jax.__version__}, backend "
           f"{device.platform}, device {device.device_kind} x{jax.device_count()}, "
-          f"{os.cpu_count()} CPUs")
+          f"{os.cpu_count()} CPUs"
+          + (", malloc huge pages" if "hugetlb=1" in os.environ.get("GLIBC_TUNABLES", "") else ""))
 
 
 def format_table(rows):
   """Markdown table of the measurements."""
-  lines = ["| model | dtype | batch | piece | GFLOPs | compile s | s / call | GFLOP/s |",
-           "|---|---|---|---|---|---|---|---|"]
+  lines = ["| model | dtype | attention | batch | piece | GFLOPs | compile s | s / call | "
+           "GFLOP/s |", "|---|---|---|---|---|---|---|---|---|"]
   for row in rows:
-    lines.append(f"| {row['model']} | {row['dtype']} | {row['batch']} | {row['piece']} | "
+    lines.append(f"| {row['model']} | {row['dtype']} | {row['attention']} | {row['batch']} | "
+                 f"{row['piece']} | "
                  f"{row['gflops']:.1f} | {row['compile_s']:.1f} | {row['seconds']:.3f} | "
                  f"{row['gflops'] / row['seconds']:.1f} |")
   return "\n".join(lines)
@@ -175,9 +202,14 @@ def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--models", default="sd15,sd21base",
                       help=f"comma-separated, from {sorted(MODELS)}")
-  parser.add_argument("--dtype", default="float32", choices=sorted(stable_diffusion.DTYPES))
+  parser.add_argument("--dtypes", default="float32",
+                      help=f"comma-separated, from {sorted(stable_diffusion.DTYPES)}")
+  parser.add_argument("--attention", default="dense",
+                      help=f"comma-separated, from {list(stable_diffusion.ATTENTION)} (the "
+                      "U-Net's; vae+grad is timed once per dtype)")
   parser.add_argument("--batch", type=int, default=1, help="renders per step")
-  parser.add_argument("--repeats", type=int, default=3, help="timed calls per piece")
+  parser.add_argument("--repeats", type=int, default=3,
+                      help="timed rounds (every piece once a round, after a warm-up call)")
   parser.add_argument("--pieces", default="unet,vae+grad,sds",
                       help="comma-separated, from unet, vae+grad, sds")
   parser.add_argument("--quick", action="store_true",
@@ -188,21 +220,33 @@ def main(argv=None):
   if args.quick:
     args.models, args.pieces, args.repeats = "sd15", "unet,vae+grad", 1
   names, pieces = args.models.split(","), args.pieces.split(",")
-  unknown = [n for n in names if n not in MODELS] + [
-      p for p in pieces if p not in ("unet", "vae+grad", "sds")]
+  dtypes, attentions = args.dtypes.split(","), args.attention.split(",")
+  unknown = ([n for n in names if n not in MODELS]
+             + [p for p in pieces if p not in ("unet", "vae+grad", "sds")]
+             + [d for d in dtypes if d not in stable_diffusion.DTYPES]
+             + [a for a in attentions if a not in stable_diffusion.ATTENTION])
   if unknown:
-    parser.error(f"unknown model(s) or piece(s) {unknown}; see --help")
+    parser.error(f"unknown model(s), piece(s), dtype(s) or attention(s) {unknown}; see --help")
   rows = []
   for name in names:
     label, unet_config = MODELS[name]
-    prior = build_prior(unet_config, dtype=args.dtype)
-    for piece, (function, fn_args) in workloads(prior, batch=args.batch).items():
-      if piece not in pieces:
-        continue
-      result = measure(function, fn_args, repeats=args.repeats)
-      rows.append(dict(result, model=label, dtype=args.dtype, batch=args.batch, piece=piece))
-      print(format_table(rows[-1:]).splitlines()[-1], flush=True)
-    del prior
+    jobs = []
+    for dtype in dtypes:
+      base = None
+      for attention in attentions:
+        prior = build_prior(unet_config, dtype=dtype, attention=attention,
+                            params=base.params if base else None)
+        base = base or prior
+        for piece, (function, fn_args) in workloads(prior, batch=args.batch).items():
+          if piece not in pieces or (piece == "vae+grad" and attention != attentions[0]):
+            continue
+          row = dict(model=label, dtype=dtype, batch=args.batch, piece=piece,
+                     attention="–" if piece == "vae+grad" else attention)
+          jobs.append((row, *compile_piece(function, fn_args)))
+          print(f"compiled {row}", flush=True)
+    rows += time_alternately(jobs, repeats=args.repeats)
+    print(format_table(rows), flush=True)
+    del jobs, prior, base
   table = format_table(rows)
   header = (f"\n## Stable Diffusion prior cost ({datetime.date.today().isoformat()})\n\n"
             f"Machine: {machine_line()}. Command: `python experiments/bench_prior.py "
@@ -216,4 +260,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+  cli.restart_with_huge_pages()  # as the command lines run (dfjax/cli.py)
   main()

@@ -22,6 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import append_table, time_call  # pylint: disable=g-import-not-at-top
 
 from configs import dreamfusion, toy as toy_config
+from dfjax import cli  # pylint: disable=g-import-not-at-top
 from dfjax.priors import sds
 from dfjax.train import model as model_lib
 from dfjax.train import prior_setup
@@ -35,7 +36,8 @@ def setup(name: str):
     return config, prior, camera_kwargs
   import bench_prior  # pylint: disable=g-import-not-at-top
   config = dreamfusion.get_config()
-  prior = bench_prior.build_prior(bench_prior.MODELS[name][1], dtype=config.prior.dtype)
+  prior = bench_prior.build_prior(bench_prior.MODELS[name][1], dtype=config.prior.dtype,
+                                 attention=config.prior.attention)
   return config, prior, prior_setup.camera_kwargs_from_config(config)
 
 
@@ -87,4 +89,5 @@ def main():
 
 
 if __name__ == "__main__":
+  cli.restart_with_huge_pages()  # as the command lines run (dfjax/cli.py)
   main()

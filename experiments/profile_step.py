@@ -40,6 +40,7 @@ from common import append_table, time_call  # pylint: disable=g-import-not-at-to
 from configs import bank as bank_config  # pylint: disable=g-import-not-at-top
 from configs import dreamfusion  # pylint: disable=g-import-not-at-top
 from configs import toy as toy_config  # pylint: disable=g-import-not-at-top
+from dfjax import cli  # pylint: disable=g-import-not-at-top
 from dfjax.priors import sds  # pylint: disable=g-import-not-at-top
 from dfjax.scene import field as field_lib  # pylint: disable=g-import-not-at-top
 from dfjax.scene import losses  # pylint: disable=g-import-not-at-top
@@ -66,7 +67,13 @@ def setup_config(name: str):
     config.toy = toy_config.get_config().toy
     config.toy.resolution = 64
     return config
-  raise SystemExit(f"error: unknown setup {name!r}; use toy, bank or paper")
+  if name == "sd15":  # the issue's CPU comparison: SD 1.5 (random weights, float32), 3x64
+    config = dreamfusion.get_config()  # field, 64 + 32 samples per ray as 96 uniform
+    config.prior.dtype = "float32"
+    config.field.num_blocks, config.field.hidden_units = 3, 64
+    config.render.num_samples = 96
+    return config
+  raise SystemExit(f"error: unknown setup {name!r}; use toy, bank, paper or sd15")
 
 
 def cost(fn, *args):
@@ -155,7 +162,13 @@ def step_parts(config, scene, state, prior_params):
 def build(name: str):
   """(config, scene, a fresh TrainState, prior parameters) of a setup."""
   config = setup_config(name)
-  prior, camera_kwargs = prior_setup.build_prior(config)
+  if name == "sd15":
+    import bench_prior  # pylint: disable=g-import-not-at-top
+    prior = bench_prior.build_prior(bench_prior.SD15_UNET, dtype=config.prior.dtype,
+                                    attention=config.prior.get("attention", "dense"))
+    camera_kwargs = prior_setup.camera_kwargs_from_config(config)
+  else:
+    prior, camera_kwargs = prior_setup.build_prior(config)
   scene = model_lib.create_scene(config, prior, camera_kwargs=camera_kwargs)
   state = step_lib.create_train_state(scene, step_lib.create_optimizer(config),
                                       jax.random.PRNGKey(0))
@@ -216,4 +229,5 @@ def main():
 
 
 if __name__ == "__main__":
+  cli.restart_with_huge_pages()  # as the command lines run (dfjax/cli.py)
   main()

@@ -180,6 +180,30 @@ def test_view_dependence_off_conditions_every_bucket_on_the_bare_prompt(safetens
                                 safetensors_prior.params.uncond_embedding)
 
 
+@pytest.mark.parametrize("attention", ["dense", "chunked"])
+def test_every_attention_predicts_the_same_noise(safetensors_dir, safetensors_prior,
+                                                 predict_fp32, attention):
+  """config.prior.attention reaches the U-Net and changes only float rounding: the same eps
+  as the default (split_heads) from the same weights, for every view bucket."""
+  from configs import dreamfusion  # pylint: disable=g-import-not-at-top
+  from dfjax.train import prior_setup  # pylint: disable=g-import-not-at-top
+  config = dreamfusion.get_config()
+  config.prompt, config.prior.model, config.camera.resolution = PROMPT, safetensors_dir, 16
+  config.prior.dtype, config.prior.attention = "float32", attention
+  prior, _ = prior_setup.build_prior(config)
+  fields = stable_diffusion.ATTENTION[attention]
+  assert (prior.unet.split_head_dim, prior.unet.use_memory_efficient_attention) == (
+      fields.get("split_head_dim", False), fields.get("use_memory_efficient_attention", False))
+  assert safetensors_prior.unet.split_head_dim  # the default
+  space = prior.latent_space
+  x_t = _latents(5, 4, space.latent_size, space.latent_channels)
+  args = (x_t, jnp.array([20, 300, 600, 950]), jnp.arange(4))
+  expected = jnp.stack(predict_fp32(safetensors_prior.params, *args))  # cond, uncond
+  got = jnp.stack(_jit(prior.predict_noise)(prior.params, *args))
+  np.testing.assert_allclose(got, expected, atol=2e-5, rtol=1e-4)
+  assert float(jnp.abs(expected).mean()) > 0.1  # a real prediction, not zeros
+
+
 def test_loader_takes_every_size_from_the_configs(other_dir):
   torch = pytest.importorskip("torch")
   from diffusers import AutoencoderKL, UNet2DConditionModel

@@ -97,13 +97,18 @@ VAE_FLAX_SUPPORTS = {
 }
 
 
-def load_component(root, name, module_class, supports, compute_dtype):
-  """A Flax module built from `root/name/config.json` and its float32 weights."""
+def load_component(root, name, module_class, supports, compute_dtype, **module_options):
+  """A Flax module built from `root/name/config.json` and its float32 weights.
+
+  `module_options` are module fields that do not change the weights (e.g. the U-Net's
+  attention implementation); they override the config file.
+  """
   folder = component_dir(root, name)
   config_path = os.path.join(folder, "config.json")
   config = _read_json(config_path)
   _check_supported(config, supports, config_path)
-  module = _module_from_config(module_class, config, folder, compute_dtype)
+  module = _module_from_config(module_class, dict(config, **module_options), folder,
+                               compute_dtype)
   abstract = jax.eval_shape(module.init_weights, jax.random.PRNGKey(0))
   return module, load_weights(folder, abstract, join_indices=True), folder
 

@@ -28,6 +28,14 @@ from dfjax.priors import sd_checkpoint
 
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+# The U-Net's attention (diffusers' FlaxAttention fields; the weights are the same for all):
+#   dense:       heads folded into the batch axis, one [tokens, tokens] score matrix per head;
+#   split_heads: the same matrices with heads kept as their own axis (no reshape copies);
+#   chunked:     queries in chunks of 1024 and keys of 4096 with a running softmax (Rabe &
+#                Staats 2021, arXiv:2112.05682), never the whole matrix.
+# Measured with SD 1.5's U-Net (experiments/results/bench.md, "Stable Diffusion prior cost").
+ATTENTION = {"dense": {}, "split_heads": {"split_head_dim": True},
+             "chunked": {"use_memory_efficient_attention": True}}
 
 
 DEFAULT_VIEW_SUFFIXES = ("front view", "side view", "back view", "overhead view")
@@ -186,7 +194,7 @@ def eps_from_v_prediction(v, x_t, alpha_bar):
 
 def load_stable_diffusion(model, *, revision=None, dtype="float32", prompt,
                           view_suffixes=DEFAULT_VIEW_SUFFIXES, view_dependent=True,
-                          use_vae=True, render_size=64):
+                          use_vae=True, render_size=64, attention="split_heads"):
   """Loads a Stable Diffusion pipeline as a frozen SDS prior.
 
   Args:
@@ -204,6 +212,8 @@ def load_stable_diffusion(model, *, revision=None, dtype="float32", prompt,
     use_vae: False skips the VAE in `encode` (for cost studies only).
     render_size: the render resolution the trainer should use (DreamFusion renders 64x64);
       renders are upsampled to the VAE's input size inside `encode`.
+    attention: how the U-Net computes attention, a key of ATTENTION (same weights and the
+      same result up to float rounding).
 
   Returns:
     StableDiffusionPrior.
@@ -211,12 +221,12 @@ def load_stable_diffusion(model, *, revision=None, dtype="float32", prompt,
   Raises:
     UserError: the model cannot be found or read, or an argument is invalid.
   """
-  compute_dtype = _check_arguments(dtype, prompt, view_suffixes, render_size)
+  compute_dtype = _check_arguments(dtype, prompt, view_suffixes, render_size, attention)
   root = sd_checkpoint.resolve_model_dir(model, revision, use_vae=use_vae)
   for name in sd_checkpoint.COMPONENTS if use_vae else sd_checkpoint.COMPONENTS[:-1]:
     sd_checkpoint.component_dir(root, name)  # Fails fast, naming a missing subfolder.
   alphas_cumprod, prediction_type = sd_checkpoint.load_schedule(root)
-  unet, unet_params = _load_unet(root, compute_dtype)
+  unet, unet_params = _load_unet(root, compute_dtype, attention)
   if use_vae:
     vae, vae_encoder, latent_space = _load_vae(root, compute_dtype, unet=unet)
   else:
@@ -238,10 +248,12 @@ def load_stable_diffusion(model, *, revision=None, dtype="float32", prompt,
       compute_dtype=compute_dtype, prompts=prompts)
 
 
-def _check_arguments(dtype, prompt, view_suffixes, render_size):
+def _check_arguments(dtype, prompt, view_suffixes, render_size, attention):
   """Validates the user-facing arguments; returns the compute dtype."""
   if dtype not in DTYPES:
     raise UserError(f"dtype must be one of {tuple(DTYPES)}, got {dtype!r}")
+  if attention not in ATTENTION:
+    raise UserError(f"attention must be one of {tuple(ATTENTION)}, got {attention!r}")
   if not isinstance(prompt, str):
     raise UserError(f"prompt must be a string, got {type(prompt).__name__}")
   if (isinstance(view_suffixes, str) or len(view_suffixes) != 4
@@ -261,11 +273,12 @@ def cast_floating(tree, dtype):
   return jax.tree.map(cast, tree)
 
 
-def _load_unet(root, compute_dtype):
-  """The Flax U-Net module and its float32 weights from `root/unet`."""
+def _load_unet(root, compute_dtype, attention):
+  """The Flax U-Net module (attention as ATTENTION[attention]) and its float32 weights."""
   unet_class = sd_checkpoint.flax_model_classes()[0]
   unet, weights, _ = sd_checkpoint.load_component(
-      root, "unet", unet_class, sd_checkpoint.UNET_FLAX_SUPPORTS, compute_dtype)
+      root, "unet", unet_class, sd_checkpoint.UNET_FLAX_SUPPORTS, compute_dtype,
+      **ATTENTION[attention])
   return unet, weights
 
 

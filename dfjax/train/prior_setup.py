@@ -32,7 +32,8 @@ def build_prior(config):
     prior = stable_diffusion.load_stable_diffusion(
         config.prior.model, revision=config.prior.revision or None, dtype=config.prior.dtype,
         prompt=config.prompt, view_dependent=config.prior.view_dependent,
-        use_vae=config.prior.use_vae, render_size=config.camera.resolution)
+        use_vae=config.prior.use_vae, render_size=config.camera.resolution,
+        attention=config.prior.attention)
     return prior, camera_kwargs
   if kind == "toy":
     from dfjax.toy import banks as toy_banks  # pylint: disable=g-import-not-at-top

@@ -22,8 +22,8 @@ from dfjax.train import step as step_lib
 def load_run_config(workdir: str) -> ml_collections.ConfigDict:
   """The config a run saved in WORKDIR/config.json.
 
-  Export and render fields added to dfjax after the run was made (the textured formats, the
-  video format, the sampler) are filled in, so older runs still export and evaluate: with the
+  Export, render and prior fields added to dfjax after the run was made (the textured
+  formats, the video format, the sampler, the U-Net's attention) are filled in, so older runs still export and evaluate: with the
   value that reproduces what the run did where `checkpoint.ADDED_FIELDS` pins one (the
   sampler), else with the default of configs/dreamfusion.py.
   """
@@ -32,8 +32,9 @@ def load_run_config(workdir: str) -> ml_collections.ConfigDict:
     raise UserError(f"{path} not found: --workdir must be a dfjax run directory")
   config = ml_collections.ConfigDict(json.loads(path.read_text()))
   for section, defaults in (("export", dreamfusion.export_config()),
-                            ("render", dreamfusion.render_config())):
-    for key, value in defaults.items():
+                            ("render", dreamfusion.render_config()),
+                            ("prior", dreamfusion.prior_config())):
+    for key, value in defaults.items() if section in config else ():
       if key not in config[section]:
         pinned = checkpoint_lib.ADDED_FIELDS.get(f"{section}.{key}")
         config[section][key] = value if pinned is None else pinned
