@@ -194,7 +194,7 @@ def eps_from_v_prediction(v, x_t, alpha_bar):
 
 def load_stable_diffusion(model, *, revision=None, dtype="float32", prompt,
                           view_suffixes=DEFAULT_VIEW_SUFFIXES, view_dependent=True,
-                          use_vae=True, render_size=64, attention="split_heads"):
+                          use_vae=True, render_size=64, attention="dense"):
   """Loads a Stable Diffusion pipeline as a frozen SDS prior.
 
   Args:
