@@ -18,7 +18,12 @@ Departures from dreamfusion.py, each for the closed-form prior:
 - albedo-only shading: a bank of albedo renders knows no lit or textureless images, and
   asking it about them pulls the geometry apart. For a bank rendered with lighting, set
   --config.shading.shaded_prob=0.75 (the paper's);
-- smaller field and fewer steps: the toy objects are simple and CPU time is short.
+- smaller field and fewer steps, and empty-space skipping (render.sampler = "occupancy", 24
+  samples per ray over the occupied part of each ray, against the paper's 48 uniform ones;
+  README, "Empty-space skipping"): a user's own 32x32 bank finishes within 15 minutes on 2
+  CPU cores. On the toy bank written as a plain bank file, the yellow duck reached mesh IoU
+  0.92 and held-out silhouette IoU 0.95 in 2000 steps (experiments/bench_bank.py; times and
+  more objects in experiments/results/bench.md); 3000 steps of 48 uniform samples took 50.
 """
 import ml_collections
 
@@ -38,12 +43,13 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
   config.background.color = (1.0, 1.0, 1.0)
   config.field.num_blocks = 3
   config.field.hidden_units = 64
-  config.render.num_samples = 48
-  config.train.steps = 3000
+  config.render.sampler = "occupancy"
+  config.render.num_samples = 24
+  config.train.steps = 2000
   config.train.log_every = 25
   config.train.image_every = 500
   config.train.checkpoint_every = 500
-  for name, steps in (("field.cov_anneal_steps", 1000), ("loss.orientation_anneal_steps", 1000),
+  for name, steps in (("field.cov_anneal_steps", 700), ("loss.orientation_anneal_steps", 700),
                       ("shading.albedo_warmup_steps", 300), ("optimizer.warmup_steps", 100)):
     section, key = name.split(".")
     config[section][key] = steps
