@@ -23,9 +23,10 @@ def load_run_config(workdir: str) -> ml_collections.ConfigDict:
   """The config a run saved in WORKDIR/config.json.
 
   Export, render and prior fields added to dfjax after the run was made (the textured
-  formats, the video format, the sampler, the U-Net's attention) are filled in, so older runs still export and evaluate: with the
-  value that reproduces what the run did where `checkpoint.ADDED_FIELDS` pins one (the
-  sampler), else with the default of configs/dreamfusion.py.
+  formats, the video format, the sampler, the U-Net's attention) are filled in, so older runs
+  still export and evaluate: with the value that reproduces what the run did where
+  `checkpoint.ADDED_FIELDS` pins one (the sampler), else with the default of
+  configs/dreamfusion.py.
   """
   path = checkpoint_lib.as_path(workdir) / checkpoint_lib.CONFIG_FILENAME
   if not path.is_file():
