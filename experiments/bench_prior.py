@@ -183,7 +183,8 @@ def machine_line():
   return (f"{platform.system()} {platform.machine()}, jax {jax.__version__}, backend "
           f"{device.platform}, device {device.device_kind} x{jax.device_count()}, "
           f"{os.cpu_count()} CPUs"
-          + (", malloc huge pages" if "hugetlb=1" in os.environ.get("GLIBC_TUNABLES", "") else ""))
+          + (", malloc huge pages" if "hugetlb=1" in os.environ.get("GLIBC_TUNABLES", "") else "")
+          + (f", XLA_FLAGS={os.environ['XLA_FLAGS']}" if os.environ.get("XLA_FLAGS") else ""))
 
 
 def format_table(rows):
@@ -256,7 +257,7 @@ def main(argv=None):
   print("\n" + table)
   os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
   with open(args.output, "a", encoding="utf-8") as f:
-    f.write(header + table + "\n")
+    f.write(header + table + "\n\n")
 
 
 if __name__ == "__main__":
