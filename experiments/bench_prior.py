@@ -19,7 +19,7 @@ is the median wall time of `--repeats` rounds after compilation and a warm-up ca
 piece called once a round, so a drifting machine load favours none.
 
 Usage, with dfjax installed (`pip install -e .`). --quick is SD 1.5 only, unet and vae+grad,
-one timed call each (3.5 minutes on 2 CPU cores):
+one timed call each after a warm-up call (a few minutes on 2 CPU cores):
   python experiments/bench_prior.py --quick
   python experiments/bench_prior.py --pieces unet,vae+grad --repeats 1        # ~7 min on CPU
 Everything (both models, three pieces; minutes on a GPU, long on a CPU):
