@@ -25,9 +25,9 @@ FLAGS = flags.FLAGS
 
 # glibc >= 2.35: back malloc's large blocks with transparent huge pages. XLA on CPU allocates
 # each step's intermediates afresh (one attention matrix of a 64x64-latent U-Net is 1 GB), and
-# with 4 KiB pages the kernel's page faults, not the arithmetic, bound writing them: the same
-# train step is up to 1.4x faster with huge pages (experiments/results/bench.md, "Train step:
-# ... new with huge pages", compare_step.py with the old tree at the same revision).
+# with 4 KiB pages the kernel's page faults, not the arithmetic, bound writing them: the bank
+# setup's train step ran 1.26x faster with huge pages alone (experiments/results/bench.md,
+# "Train step: ... new with huge pages", compare_step.py with the old tree at the same code).
 HUGE_PAGES_TUNABLE = "glibc.malloc.hugetlb=1"
 HUGE_PAGES_OPT_OUT = "DFJAX_HUGE_PAGES"  # "0" keeps the environment as it is
 
