@@ -122,3 +122,36 @@ def line_plot(path: str, xs, series: dict, *, x_label: str, y_label: str,
       draw.ellipse([px - 3, py - 3, px + 3, py + 3], fill=color)
     draw.text((width - right - 200, top + 14 * i), name, fill=color)
   image.save(path)
+
+
+def bar_plot(path: str, labels, series: dict, *, y_label: str, size=(640, 360)) -> None:
+  """Grouped bars as PNG, drawn with PIL: one group per label, one bar per series.
+
+  Args:
+    labels: [N] group names (x axis).
+    series: name -> [N] values >= 0 (y axis from 0 to the largest value, at least 1).
+  """
+  from PIL import Image, ImageDraw  # pylint: disable=g-import-not-at-top
+  colors = ((31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189))
+  width, height = size
+  left, right, top, bottom = 50, 20, 30, 60
+  image = Image.new("RGB", size, (255, 255, 255))
+  draw = ImageDraw.Draw(image)
+  y_max = max(1.0, max(max(values) for values in series.values()))
+  to_y = lambda y: height - bottom - (height - top - bottom) * y / y_max
+  for k in range(5):
+    y = y_max * k / 4
+    draw.line([(left, to_y(y)), (width - right, to_y(y))], fill=(225, 225, 225))
+    draw.text((5, to_y(y) - 6), f"{y:.2f}", fill=(0, 0, 0))
+  group = (width - left - right) / len(labels)
+  bar = group * 0.8 / len(series)
+  for g, label in enumerate(labels):
+    x0 = left + g * group + group * 0.1
+    for i, values in enumerate(series.values()):
+      draw.rectangle([x0 + i * bar, to_y(values[g]), x0 + (i + 1) * bar - 2, to_y(0)],
+                     fill=colors[i % len(colors)])
+    draw.text((x0, height - bottom + 5), label[:12], fill=(0, 0, 0))
+  for i, name in enumerate(series):
+    draw.text((left + 5 + 160 * i, 8), name, fill=colors[i % len(colors)])
+  draw.text((width // 2 - 40, height - 20), y_label, fill=(0, 0, 0))
+  image.save(path)

@@ -1,0 +1,100 @@
+"""Each toy object distilled with the toy SD and with the closed-form prior at equal steps.
+
+  python experiments/compare_priors.py --objects=all --seeds=0,1 --runs_dir=runs/compare_priors
+
+For every object and seed, two README commands, each timed (compile, training and export)
+and scored against the true object (`dfjax.eval.ablations.score_run`: mesh IoU at the surface
+level the export chose, held-out silhouette IoU and PSNR over 12 azimuths):
+  toy SD:       python -m dfjax.main --config=configs/toy_sd.py
+  closed form:  python -m dfjax.main --config=configs/toy.py --config.train.steps=N
+with N the toy SD config's steps (1500), so both priors get the same number of updates. Runs
+already finished in --runs_dir (RUNS/toy_sd/OBJECT_seedS and RUNS/closed_form/OBJECT_seedS)
+are scored again, not retrained, so a study resumes where it stopped. The side-by-side table
+is appended to experiments/results/toy_sd.md, with a bar chart of each object's mesh IoU
+(the mean over seeds) under each prior.
+"""
+import argparse
+import datetime
+import os
+import statistics
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # pylint: disable=g-import-not-at-top
+
+from configs import toy_sd  # pylint: disable=g-import-not-at-top
+
+RESULTS = os.path.join(common.REPO, "experiments", "results", "toy_sd.md")
+FIGURE = os.path.join("experiments", "results", "toy_sd", "compare_priors.png")
+PRIORS = ("toy SD", "closed form")
+
+
+def runs(steps: int):
+  """{prior: (config file, extra flags, runs subfolder)}."""
+  return {"toy SD": ("configs/toy_sd.py", [], "toy_sd"),
+          "closed form": ("configs/toy.py", [f"--config.train.steps={steps}"], "closed_form")}
+
+
+def study(objects, seeds, runs_dir: str):
+  """{(object, seed, prior): (minutes, mesh IoU, silhouette IoU, PSNR)}, runs alternating."""
+  steps = toy_sd.get_config().train.steps
+  scores = {}
+  for object_name in objects:
+    for seed in seeds:
+      for prior, (config, flags, folder) in runs(steps).items():
+        workdir = os.path.join(runs_dir, folder, f"{object_name}_seed{seed}")
+        seconds, s, _ = common.distil(config, object_name, seed, workdir, flags, quiet=True)
+        scores[object_name, seed, prior] = (seconds / 60, s["iou"], s["mask_iou"], s["psnr"])
+        print(object_name, seed, prior, scores[object_name, seed, prior], flush=True)
+  return scores, steps
+
+
+def table(scores, objects, seeds) -> list[str]:
+  """Markdown rows: per object and seed, then the means, both priors side by side."""
+  lines = ["| object | seed | " + " | ".join(
+      f"{p}: {m}" for p in PRIORS for m in ("mesh IoU", "silhouette IoU", "PSNR", "minutes"))
+      + " |", "|---|---|" + "---|" * 8]
+  def cells(values):
+    minutes, iou, mask_iou, psnr = values
+    return [f"{iou:.3f}", f"{mask_iou:.3f}", f"{psnr:.1f}", f"{minutes:.1f}"]
+  for object_name in objects:
+    for seed in seeds:
+      lines.append(f"| {object_name} | {seed} | " + " | ".join(
+          c for p in PRIORS for c in cells(scores[object_name, seed, p])) + " |")
+  means = {p: [statistics.fmean(column) for column in zip(
+      *[v for k, v in scores.items() if k[2] == p])] for p in PRIORS}
+  lines.append(f"| **mean of {len(objects) * len(seeds)}** | | " + " | ".join(
+      c for p in PRIORS for c in cells(means[p])) + " |")
+  return lines
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--objects", default="all", help="toy objects, comma-separated, or all")
+  parser.add_argument("--seeds", default="0,1")
+  parser.add_argument("--runs_dir", default=os.path.join("runs", "compare_priors"))
+  args = parser.parse_args()
+  from dfjax.eval import ablations  # pylint: disable=g-import-not-at-top
+  objects = (list(ablations.OBJECT_BY_NAME) if args.objects == "all"
+             else args.objects.split(","))
+  seeds = [int(s) for s in args.seeds.split(",")]
+  scores, steps = study(objects, seeds, args.runs_dir)
+  os.makedirs(os.path.join(common.REPO, os.path.dirname(FIGURE)), exist_ok=True)
+  common.bar_plot(os.path.join(common.REPO, FIGURE), objects, {
+      prior: [statistics.fmean(scores[o, s, prior][1] for s in seeds) for o in objects]
+      for prior in PRIORS}, y_label=f"mesh IoU (mean over seeds {args.seeds})")
+  figure = os.path.relpath(FIGURE, os.path.join("experiments", "results"))
+  lines = [f"## Toy SD against the closed-form prior at {steps} steps", "",
+           f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; "
+           f"{common.machine()}",
+           f"`python experiments/compare_priors.py {' '.join(sys.argv[1:])}`", "",
+           *table(scores, objects, seeds), "",
+           f"![mesh IoU per object under each prior]({figure})", ""]
+  text = "\n".join(lines) + "\n"
+  print(text)
+  with open(RESULTS, "a", encoding="utf-8") as f:
+    f.write(text)
+
+
+if __name__ == "__main__":
+  main()
