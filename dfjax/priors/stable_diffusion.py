@@ -31,8 +31,9 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 # The U-Net's attention (diffusers' FlaxAttention fields; the weights are the same for all):
 #   dense:       heads folded into the batch axis, one [tokens, tokens] score matrix per head;
 #   split_heads: the same matrices with heads kept as their own axis (no reshape copies);
-#   chunked:     queries in chunks of 1024 and keys of 4096 with a running softmax (Rabe &
-#                Staats 2021, arXiv:2112.05682), never the whole matrix.
+#   chunked:     queries in chunks of 1/64 of the tokens (64 of a 64x64 latent's 4096), keys
+#                in chunks of up to 16384, with a running softmax (Rabe & Staats 2021,
+#                arXiv:2112.05682): never the whole matrix.
 # Measured with SD 1.5's U-Net (experiments/results/bench.md, "Stable Diffusion prior cost").
 ATTENTION = {"dense": {}, "split_heads": {"split_head_dim": True},
              "chunked": {"use_memory_efficient_attention": True}}
