@@ -42,18 +42,13 @@ def build(setup: str, views: int):
   import jax  # pylint: disable=g-import-not-at-top
   sys.path.insert(0, HERE)
   import profile_step  # pylint: disable=g-import-not-at-top
-  from configs import dreamfusion  # pylint: disable=g-import-not-at-top
   from dfjax.train import model as model_lib  # pylint: disable=g-import-not-at-top
   from dfjax.train import prior_setup  # pylint: disable=g-import-not-at-top
   from dfjax.train import step as step_lib  # pylint: disable=g-import-not-at-top
   name, _, attention = setup.partition("@")
   if name in ("sd15", "sd21base"):
-    import bench_prior  # pylint: disable=g-import-not-at-top
-    config = dreamfusion.get_config()
-    config.prior.attention = attention or config.prior.attention
-    prior = bench_prior.build_prior(bench_prior.MODELS[name][1], dtype=config.prior.dtype,
-                                    attention=config.prior.attention)
-    camera_kwargs = prior_setup.camera_kwargs_from_config(config)
+    import bench_step  # pylint: disable=g-import-not-at-top
+    config, prior, camera_kwargs = bench_step.setup(name, attention or None)
   elif name in ("paper", "toy"):
     config = profile_step.setup_config(name)
     prior, camera_kwargs = prior_setup.build_prior(config)

@@ -32,7 +32,6 @@ The table is printed and appended to experiments/results/bench.md with the machi
 import argparse
 import datetime
 import os
-import platform
 import statistics
 import sys
 import time
@@ -40,6 +39,9 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from dfjax import cli
 from dfjax.priors import diffusion
@@ -177,16 +179,6 @@ def time_alternately(jobs, *, repeats):
           for (row, _, _, compile_s, gflops), t in zip(jobs, times)]
 
 
-def machine_line():
-  """Platform, device kind and CPU count, for the results file."""
-  device = jax.devices()[0]
-  return (f"{platform.system()} {platform.machine()}, jax {jax.__version__}, backend "
-          f"{device.platform}, device {device.device_kind} x{jax.device_count()}, "
-          f"{os.cpu_count()} CPUs"
-          + (", malloc huge pages" if "hugetlb=1" in os.environ.get("GLIBC_TUNABLES", "") else "")
-          + (f", XLA_FLAGS={os.environ['XLA_FLAGS']}" if os.environ.get("XLA_FLAGS") else ""))
-
-
 def format_table(rows):
   """Markdown table of the measurements."""
   lines = ["| model | dtype | attention | batch | piece | GFLOPs | compile s | s / call | "
@@ -250,7 +242,7 @@ def main(argv=None):
     del jobs, prior, base
   table = format_table(rows)
   header = (f"\n## Stable Diffusion prior cost ({datetime.date.today().isoformat()})\n\n"
-            f"Machine: {machine_line()}. Command: `python experiments/bench_prior.py "
+            f"Machine: {common.machine()}. Command: `python experiments/bench_prior.py "
             f"{' '.join(argv if argv is not None else sys.argv[1:])}`. Random weights; "
             f"renders {RENDER_SIZE}x{RENDER_SIZE}, VAE at 512x512, latents 64x64x4; "
             "s / call is the median after compilation.\n\n")

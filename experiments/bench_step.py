@@ -29,13 +29,16 @@ from dfjax.train import prior_setup
 from dfjax.train import step as step_lib
 
 
-def setup(name: str):
+def setup(name: str, attention: str | None = None):
+  """(config, prior, camera kwargs): configs/toy.py, or configs/dreamfusion.py with a random
+  SD 1.5 or SD 2.1-base prior (the U-Net's attention as given, else the config's)."""
   if name == "toy":
     config = toy_config.get_config()
     prior, camera_kwargs = prior_setup.build_prior(config)
     return config, prior, camera_kwargs
   import bench_prior  # pylint: disable=g-import-not-at-top
   config = dreamfusion.get_config()
+  config.prior.attention = attention or config.prior.attention
   prior = bench_prior.build_prior(bench_prior.MODELS[name][1], dtype=config.prior.dtype,
                                  attention=config.prior.attention)
   return config, prior, prior_setup.camera_kwargs_from_config(config)

@@ -14,10 +14,12 @@ RESULTS = os.path.join(os.path.dirname(__file__), "results", "bench.md")
 
 def machine() -> str:
   device = jax.devices()[0]
-  pages = ", malloc huge pages" if "hugetlb=1" in os.environ.get("GLIBC_TUNABLES", "") else ""
+  notes = ", malloc huge pages" if "hugetlb=1" in os.environ.get("GLIBC_TUNABLES", "") else ""
+  if os.environ.get("XLA_FLAGS"):
+    notes += f", XLA_FLAGS={os.environ['XLA_FLAGS']}"
   return (f"{platform.machine()}, {os.cpu_count()} CPUs, "
           f"jax {jax.__version__}, {jax.device_count()}x {device.device_kind} ({device.platform})"
-          + pages)
+          + notes)
 
 
 def time_call(fn, *args, repeats: int = 5):

@@ -45,12 +45,12 @@ def time_step(tree: str, setup: str, *, repeats: int, huge_pages: bool) -> list[
   """[ms, GFLOP, GB] of one step of `setup` with the code of `tree`, in a process with or
   without glibc's huge pages (which this checkout's commands turn on, dfjax/cli.py)."""
   env = dict(os.environ, PYTHONPATH=tree, DFJAX_COMPILATION_CACHE="off")
-  tunables = [t for t in env.pop("GLIBC_TUNABLES", "").split(":")
-              if t and not t.startswith("glibc.malloc.hugetlb")]
-  if huge_pages:
-    tunables.append(cli.HUGE_PAGES_TUNABLE)
-  if tunables:
-    env["GLIBC_TUNABLES"] = ":".join(tunables)
+  others = ":".join(t for t in env.pop("GLIBC_TUNABLES", "").split(":")
+                    if t and not t.startswith("glibc.malloc.hugetlb"))
+  if others:
+    env["GLIBC_TUNABLES"] = others
+  if huge_pages:  # as this checkout's commands set it (and as DFJAX_HUGE_PAGES=0 keeps it off)
+    env = cli.huge_pages_environment(env) or env
   out = subprocess.run([sys.executable, "-c", TIMER, setup, os.path.dirname(__file__),
                         str(repeats)],
                        cwd=tree, env=env, check=True, capture_output=True, text=True).stdout
