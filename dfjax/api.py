@@ -240,9 +240,8 @@ def export(workdir: str, *, step: int | None = None, resolution: int | None = No
 
   Each option left at None takes the run's `export` config value (see the README's
   "Outputs"): `resolution` (marching-cubes grid), `threshold` (density level; 0 chooses it
-  from the renders), `formats`
-  ("glb,ply", from ply, obj and glb), `texture_size`, `faces` (0: no simplification),
-  `video_format` ("mp4" or "gif"); `video=False` skips the turntable.
+  from the renders), `formats` ("glb,ply", from ply, obj and glb), `texture_size`, `faces`
+  (0: no simplification), `video_format` ("mp4" or "gif"); `video=False` skips the turntable.
 
   Returns:
     The paths written, meshes first, the video last.

@@ -35,7 +35,9 @@ def load_run_config(workdir: str) -> ml_collections.ConfigDict:
   for section, defaults in (("export", dreamfusion.export_config()),
                             ("render", dreamfusion.render_config()),
                             ("prior", dreamfusion.prior_config())):
-    for key, value in defaults.items() if section in config else ():
+    if section not in config:
+      continue
+    for key, value in defaults.items():
       if key not in config[section]:
         pinned = checkpoint_lib.ADDED_FIELDS.get(f"{section}.{key}")
         config[section][key] = value if pinned is None else pinned
