@@ -36,6 +36,8 @@ setuptools.setup(
     extras_require={
         "test": [
             "pytest>=7",
+            # pytest.ini runs the suite in two worker processes, one test file each at a time.
+            "pytest-xdist>=3.3",
             "scipy>=1.10",
             # tests/test_notebook.py runs notebooks/dreamfusion_colab.ipynb in a kernel.
             "nbformat>=5.7",
