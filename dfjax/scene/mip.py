@@ -109,11 +109,19 @@ def integrated_pos_enc(means: jax.Array, cov_diag: jax.Array, *, min_deg: int,
 
   Returns:
     [..., 2·3·(max_deg − min_deg)] features: all sines, then all cosines.
+
+  ω μ and ω² σ² are products with a [3, 3·L] basis of powers of two (as Mip-NeRF 360's
+  encoding is written), exact in float32 at full matmul precision. As matmuls they are
+  computed once per sample: written as broadcast products, XLA fused them, and everything
+  that computes μ (the ray samples, their random offsets), into the sine, cosine and
+  concatenation of every feature, recomputing each sample's position 6·L times (a third of
+  the toy train step; experiments/results/bench.md).
   """
   scales = 2.0 ** jnp.arange(min_deg, max_deg)
-  shape = means.shape[:-1] + (-1,)
-  scaled_mean = (means[..., None, :] * scales[:, None]).reshape(shape)
-  scaled_var = (cov_diag[..., None, :] * scales[:, None]**2).reshape(shape)
+  # basis[c, 3 l + c] = 2^l: feature 3 l + c is coordinate c at frequency 2^l.
+  basis = jnp.kron(scales[None, :], jnp.eye(3, dtype=scales.dtype)).astype(means.dtype)
+  scaled_mean = jnp.matmul(means, basis, precision=jax.lax.Precision.HIGHEST)
+  scaled_var = jnp.matmul(cov_diag, basis * basis, precision=jax.lax.Precision.HIGHEST)
   attenuation = jnp.exp(-0.5 * scaled_var)
   return jnp.concatenate([jnp.sin(scaled_mean) * attenuation,
                           jnp.cos(scaled_mean) * attenuation], axis=-1)
