@@ -3,6 +3,7 @@
   python experiments/profile_step.py                       # toy, bank and paper setups
   python experiments/profile_step.py --setups=toy --repeats=3
   python experiments/profile_step.py --setups=sd15 --repeats=2   # ~8 min on 2 CPU cores
+  python experiments/profile_step.py --setups=bank --ops=20       # the step's costliest ops
 
 Setups: toy (configs/toy.py), bank (configs/bank.py's field and samples on the toy bank),
 paper (the paper's field at 64x64 with the closed-form prior) and sd15 (the work of
@@ -31,11 +32,22 @@ The floor of a part is max(FLOPs / peak FLOP/s, bytes / bandwidth) for the --gfl
 --gbytes given. Parts overlap (field+normals contains field, render contains all the scene
 parts), so they do not add up to the step. Prints a table and appends it to
 experiments/results/bench.md.
+
+--ops=N instead traces a few whole steps with jax.profiler and prints the N XLA operations
+that took the most time per step, each with its output shape and the JAX operation it came
+from (nothing is appended). That is how fusions that recompute their inputs show up: a
+fusion whose time is far above what its output's size explains.
 """
 import argparse
+import collections
 import functools
+import glob
+import gzip
+import json
 import os
+import re
 import sys
+import tempfile
 
 import jax
 import jax.numpy as jnp
@@ -219,13 +231,52 @@ def profile(name: str, *, repeats: int, gflops: float, gbytes: float):
   return rows
 
 
+def top_ops(name: str, *, count: int, steps: int = 3) -> list[str]:
+  """Lines "ms per step, op, output shape, JAX op" of a setup's costliest XLA operations.
+
+  Traces `steps` train steps with jax.profiler and sums each XLA operation's time from the
+  trace's events; the shape and origin come from the compiled step's HLO text.
+  """
+  config, scene, state, prior_params = build(name)
+  fn, (state, *rest) = step_parts(config, scene, state, prior_params)["step"]
+  compiled = fn.lower(state, *rest).compile()
+  fresh = lambda: jax.block_until_ready(jax.tree.map(jnp.copy, state))  # the step donates
+  jax.block_until_ready(compiled(fresh(), *rest))
+  with tempfile.TemporaryDirectory() as trace_dir:
+    with jax.profiler.trace(trace_dir):
+      for _ in range(steps):
+        jax.block_until_ready(compiled(fresh(), *rest))
+    trace_file = glob.glob(os.path.join(trace_dir, "**", "*.trace.json.gz"), recursive=True)[0]
+    with gzip.open(trace_file) as f:
+      events = json.load(f)["traceEvents"]
+  hlo = {}
+  for line in compiled.as_text().splitlines():
+    match = re.match(r"\s*(?:ROOT )?%?([\w.-]+) = (\S+)", line)
+    if match:
+      origin = re.search(r'op_name="([^"]*)"', line)
+      hlo[match.group(1)] = (match.group(2), origin.group(1) if origin else "")
+  seconds = collections.Counter()
+  for event in events:
+    if event.get("ph") == "X" and event.get("name") in hlo:
+      seconds[event["name"]] += event["dur"] / 1e6 / steps
+  return [f"{t * 1e3:8.2f} ms  {op:32s} {hlo[op][0][:28]:28s} {hlo[op][1][-80:]}"
+          for op, t in seconds.most_common(count)]
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--setups", default="toy,bank,paper")
   parser.add_argument("--repeats", type=int, default=5)
   parser.add_argument("--gflops", type=float, default=70.0, help="peak GFLOP/s of the machine")
   parser.add_argument("--gbytes", type=float, default=20.0, help="memory bandwidth, GB/s")
+  parser.add_argument("--ops", type=int, default=0,
+                      help="print the step's N costliest XLA operations instead")
   args = parser.parse_args()
+  if args.ops:
+    for name in args.setups.split(","):
+      print(f"{name}: the step's costliest XLA operations (time per step, output, origin)")
+      print("\n".join(top_ops(name, count=args.ops)))
+    return
   rows = []
   for name in args.setups.split(","):
     rows += profile(name, repeats=args.repeats, gflops=args.gflops, gbytes=args.gbytes)
