@@ -112,11 +112,11 @@ def integrated_pos_enc(means: jax.Array, cov_diag: jax.Array, *, min_deg: int,
 
   ω μ and ω² σ² are products with a [3, 3·L] basis of powers of two (the transposed matrix P
   with which Mip-NeRF writes the encoding's mean, μ_γ = P μ), exact in float32 at full
-  matmul precision. As matmuls they are
-  computed once per sample: written as broadcast products, XLA fused them, and everything
-  that computes μ (the ray samples, their random offsets), into the sine, cosine and
-  concatenation of every feature, recomputing each sample's position 6·L times (about a
-  third of the toy train step in a profile; experiments/results/bench.md).
+  matmul precision. As matmuls they are computed once per sample: written as broadcast
+  products, XLA fused them, and everything that computes μ (the ray samples, their random
+  offsets), into the sine, cosine and concatenation of every feature, recomputing each
+  sample's position 6·L times (about a third of the toy train step in a profile;
+  experiments/results/bench.md).
   """
   scales = 2.0 ** jnp.arange(min_deg, max_deg)
   # basis[c, 3 l + c] = 2^l: feature 3 l + c is coordinate c at frequency 2^l.
