@@ -11,7 +11,8 @@ with N the toy SD config's steps (1500), so both priors get the same number of u
 already finished in --runs_dir (RUNS/toy_sd/OBJECT_seedS and RUNS/closed_form/OBJECT_seedS)
 are scored again, not retrained, so a study resumes where it stopped. The side-by-side table
 is appended to experiments/results/toy_sd.md, with a bar chart of each object's mesh IoU
-(the mean over seeds) under each prior.
+(the mean over seeds) under each prior and a figure of each object's turntable frames at 0,
+90 and 180 degrees under each prior (the first seed).
 """
 import argparse
 import datetime
@@ -26,6 +27,7 @@ from configs import toy_sd  # pylint: disable=g-import-not-at-top
 
 RESULTS = os.path.join(common.REPO, "experiments", "results", "toy_sd.md")
 FIGURE = os.path.join("experiments", "results", "toy_sd", "compare_priors.png")
+RENDERS = os.path.join("experiments", "results", "toy_sd", "compare_priors_renders.png")
 PRIORS = ("toy SD", "closed form")
 
 
@@ -68,6 +70,39 @@ def table(scores, objects, seeds) -> list[str]:
   return lines
 
 
+def renders_figure(path: str, objects, seed: int, runs_dir: str, *, frames=(0, 9, 18)):
+  """One row per object: the colour panel of turntable frames under each prior, side by side.
+
+  The frames are those of each run's own turntable.mp4 (36 frames, 10 degrees apart; each
+  frame holds colour, normals and textureless panels side by side, the colour one first).
+  """
+  import imageio.v3 as iio  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from PIL import Image, ImageDraw  # pylint: disable=g-import-not-at-top
+  rows = []
+  for object_name in objects:
+    row = []
+    for folder in ("toy_sd", "closed_form"):
+      video = iio.imread(os.path.join(runs_dir, folder, f"{object_name}_seed{seed}",
+                                      "turntable.mp4"))
+      size = video.shape[1]
+      row += [video[f, :, :size] for f in frames] + [np.full((size, 4, 3), 255, np.uint8)]
+    rows.append(np.concatenate(row, axis=1))
+  label_height = 14
+  image = Image.new("RGB", (rows[0].shape[1], label_height + sum(r.shape[0] for r in rows)),
+                    (255, 255, 255))
+  draw = ImageDraw.Draw(image)
+  half = rows[0].shape[1] // 2
+  draw.text((4, 1), f"toy SD (seed {seed})", fill=(0, 0, 0))
+  draw.text((half + 4, 1), "closed form", fill=(0, 0, 0))
+  y = label_height
+  for object_name, row in zip(objects, rows):
+    image.paste(Image.fromarray(row), (0, y))
+    draw.text((2, y + 2), object_name, fill=(0, 0, 0))
+    y += row.shape[0]
+  image.save(path)
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--objects", default="all", help="toy objects, comma-separated, or all")
@@ -83,13 +118,17 @@ def main():
   common.bar_plot(os.path.join(common.REPO, FIGURE), objects, {
       prior: [statistics.fmean(scores[o, s, prior][1] for s in seeds) for o in objects]
       for prior in PRIORS}, y_label=f"mesh IoU (mean over seeds {args.seeds})")
+  renders_figure(os.path.join(common.REPO, RENDERS), objects, seeds[0], args.runs_dir)
   figure = os.path.relpath(FIGURE, os.path.join("experiments", "results"))
+  renders = os.path.relpath(RENDERS, os.path.join("experiments", "results"))
   lines = [f"## Toy SD against the closed-form prior at {steps} steps", "",
            f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; "
            f"{common.machine()}",
            f"`python experiments/compare_priors.py {' '.join(sys.argv[1:])}`", "",
            *table(scores, objects, seeds), "",
-           f"![mesh IoU per object under each prior]({figure})", ""]
+           f"![mesh IoU per object under each prior]({figure})", "",
+           f"![each object's turntable at 0, 90 and 180 degrees under each prior, seed "
+           f"{seeds[0]}]({renders})", ""]
   text = "\n".join(lines) + "\n"
   print(text)
   with open(RESULTS, "a", encoding="utf-8") as f:
