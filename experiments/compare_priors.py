@@ -9,10 +9,11 @@ level the export chose, held-out silhouette IoU and PSNR over 12 azimuths):
   closed form:  python -m dfjax.main --config=configs/toy.py --config.train.steps=N
 with N the toy SD config's steps (1500), so both priors get the same number of updates. Runs
 already finished in --runs_dir (RUNS/toy_sd/OBJECT_seedS and RUNS/closed_form/OBJECT_seedS)
-are scored again, not retrained, so a study resumes where it stopped. The side-by-side table
+are scored again, not retrained, so a study resumes where it stopped; --finished_only trains
+nothing and tables the pairs of runs finished so far. The side-by-side table
 is appended to experiments/results/toy_sd.md, with a bar chart of each object's mesh IoU
 (the mean over seeds) under each prior and a figure of each object's turntable frames at 0,
-90 and 180 degrees under each prior (the first seed).
+90 and 180 degrees under each prior (its first seed scored).
 """
 import argparse
 import datetime
@@ -37,15 +38,24 @@ def runs(steps: int):
           "closed form": ("configs/toy.py", [f"--config.train.steps={steps}"], "closed_form")}
 
 
-def study(objects, seeds, runs_dir: str):
-  """{(object, seed, prior): (minutes, mesh IoU, silhouette IoU, PSNR)}, runs alternating."""
+def study(objects, seeds, runs_dir: str, *, finished_only: bool = False):
+  """{(object, seed, prior): (minutes, mesh IoU, silhouette IoU, PSNR)}, runs alternating.
+
+  With `finished_only`, nothing is trained: only the pairs whose two runs have finished
+  are scored.
+  """
   steps = toy_sd.get_config().train.steps
   scores = {}
   for object_name in objects:
     for seed in seeds:
-      for prior, (config, flags, folder) in runs(steps).items():
-        workdir = os.path.join(runs_dir, folder, f"{object_name}_seed{seed}")
-        seconds, s, _ = common.distil(config, object_name, seed, workdir, flags, quiet=True)
+      workdirs = {prior: os.path.join(runs_dir, folder, f"{object_name}_seed{seed}")
+                  for prior, (_, _, folder) in runs(steps).items()}
+      if finished_only and not all(os.path.isfile(os.path.join(w, common.SECONDS_FILE))
+                                   for w in workdirs.values()):
+        continue
+      for prior, (config, flags, _) in runs(steps).items():
+        seconds, s, _ = common.distil(config, object_name, seed, workdirs[prior], flags,
+                                      quiet=True)
         scores[object_name, seed, prior] = (seconds / 60, s["iou"], s["mask_iou"], s["psnr"])
         print(object_name, seed, prior, scores[object_name, seed, prior], flush=True)
   return scores, steps
@@ -59,19 +69,21 @@ def table(scores, objects, seeds) -> list[str]:
   def cells(values):
     minutes, iou, mask_iou, psnr = values
     return [f"{iou:.3f}", f"{mask_iou:.3f}", f"{psnr:.1f}", f"{minutes:.1f}"]
-  for object_name in objects:
-    for seed in seeds:
-      lines.append(f"| {object_name} | {seed} | " + " | ".join(
-          c for p in PRIORS for c in cells(scores[object_name, seed, p])) + " |")
+  pairs = [(o, s) for o in objects for s in seeds if (o, s, PRIORS[0]) in scores]
+  for object_name, seed in pairs:
+    lines.append(f"| {object_name} | {seed} | " + " | ".join(
+        c for p in PRIORS for c in cells(scores[object_name, seed, p])) + " |")
   means = {p: [statistics.fmean(column) for column in zip(
       *[v for k, v in scores.items() if k[2] == p])] for p in PRIORS}
-  lines.append(f"| **mean of {len(objects) * len(seeds)}** | | " + " | ".join(
+  lines.append(f"| **mean of {len(pairs)}** | | " + " | ".join(
       c for p in PRIORS for c in cells(means[p])) + " |")
   return lines
 
 
-def renders_figure(path: str, objects, seed: int, runs_dir: str, *, frames=(0, 9, 18)):
+def renders_figure(path: str, objects, seed: dict, runs_dir: str, *, frames=(0, 9, 18)):
   """One row per object: the colour panel of turntable frames under each prior, side by side.
+
+  `seed` maps each object to the seed whose runs are shown.
 
   The frames are those of each run's own turntable.mp4 (36 frames, 10 degrees apart; each
   frame holds colour, normals and textureless panels side by side, the colour one first).
@@ -83,7 +95,7 @@ def renders_figure(path: str, objects, seed: int, runs_dir: str, *, frames=(0, 9
   for object_name in objects:
     row = []
     for folder in ("toy_sd", "closed_form"):
-      video = iio.imread(os.path.join(runs_dir, folder, f"{object_name}_seed{seed}",
+      video = iio.imread(os.path.join(runs_dir, folder, f"{object_name}_seed{seed[object_name]}",
                                       "turntable.mp4"))
       size = video.shape[1]
       row += [video[f, :, :size] for f in frames] + [np.full((size, 4, 3), 255, np.uint8)]
@@ -93,12 +105,12 @@ def renders_figure(path: str, objects, seed: int, runs_dir: str, *, frames=(0, 9
                     (255, 255, 255))
   draw = ImageDraw.Draw(image)
   half = rows[0].shape[1] // 2
-  draw.text((4, 1), f"toy SD (seed {seed})", fill=(0, 0, 0))
+  draw.text((4, 1), "toy SD", fill=(0, 0, 0))
   draw.text((half + 4, 1), "closed form", fill=(0, 0, 0))
   y = label_height
   for object_name, row in zip(objects, rows):
     image.paste(Image.fromarray(row), (0, y))
-    draw.text((2, y + 2), object_name, fill=(0, 0, 0))
+    draw.text((2, y + 2), f"{object_name}, seed {seed[object_name]}", fill=(0, 0, 0))
     y += row.shape[0]
   image.save(path)
 
@@ -108,17 +120,24 @@ def main():
   parser.add_argument("--objects", default="all", help="toy objects, comma-separated, or all")
   parser.add_argument("--seeds", default="0,1")
   parser.add_argument("--runs_dir", default=os.path.join("runs", "compare_priors"))
+  parser.add_argument("--finished_only", action="store_true",
+                      help="train nothing: score the pairs of runs that have finished")
   args = parser.parse_args()
   from dfjax.eval import ablations  # pylint: disable=g-import-not-at-top
   objects = (list(ablations.OBJECT_BY_NAME) if args.objects == "all"
              else args.objects.split(","))
   seeds = [int(s) for s in args.seeds.split(",")]
-  scores, steps = study(objects, seeds, args.runs_dir)
+  scores, steps = study(objects, seeds, args.runs_dir, finished_only=args.finished_only)
+  if not scores:
+    sys.exit(f"error: no finished pair of runs in {args.runs_dir}; run without --finished_only")
+  objects = [o for o in objects if any(k[0] == o for k in scores)]
   os.makedirs(os.path.join(common.REPO, os.path.dirname(FIGURE)), exist_ok=True)
   common.bar_plot(os.path.join(common.REPO, FIGURE), objects, {
-      prior: [statistics.fmean(scores[o, s, prior][1] for s in seeds) for o in objects]
-      for prior in PRIORS}, y_label=f"mesh IoU (mean over seeds {args.seeds})")
-  renders_figure(os.path.join(common.REPO, RENDERS), objects, seeds[0], args.runs_dir)
+      prior: [statistics.fmean(v[1] for k, v in scores.items() if k[0] == o and k[2] == prior)
+              for o in objects] for prior in PRIORS},
+      y_label=f"mesh IoU (mean over the seeds scored, of {args.seeds})")
+  first_seed = {o: min(k[1] for k in scores if k[0] == o) for o in objects}
+  renders_figure(os.path.join(common.REPO, RENDERS), objects, first_seed, args.runs_dir)
   figure = os.path.relpath(FIGURE, os.path.join("experiments", "results"))
   renders = os.path.relpath(RENDERS, os.path.join("experiments", "results"))
   lines = [f"## Toy SD against the closed-form prior at {steps} steps", "",
@@ -127,8 +146,8 @@ def main():
            f"`python experiments/compare_priors.py {' '.join(sys.argv[1:])}`", "",
            *table(scores, objects, seeds), "",
            f"![mesh IoU per object under each prior]({figure})", "",
-           f"![each object's turntable at 0, 90 and 180 degrees under each prior, seed "
-           f"{seeds[0]}]({renders})", ""]
+           f"![each object's turntable at 0, 90 and 180 degrees under each prior]({renders})",
+           ""]
   text = "\n".join(lines) + "\n"
   print(text)
   with open(RESULTS, "a", encoding="utf-8") as f:
