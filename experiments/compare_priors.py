@@ -45,15 +45,16 @@ def study(objects, seeds, runs_dir: str, *, finished_only: bool = False):
   are scored.
   """
   steps = toy_sd.get_config().train.steps
+  prior_runs = runs(steps)
   scores = {}
   for object_name in objects:
     for seed in seeds:
       workdirs = {prior: os.path.join(runs_dir, folder, f"{object_name}_seed{seed}")
-                  for prior, (_, _, folder) in runs(steps).items()}
+                  for prior, (_, _, folder) in prior_runs.items()}
       if finished_only and not all(os.path.isfile(os.path.join(w, common.SECONDS_FILE))
                                    for w in workdirs.values()):
         continue
-      for prior, (config, flags, _) in runs(steps).items():
+      for prior, (config, flags, _) in prior_runs.items():
         seconds, s, _ = common.distil(config, object_name, seed, workdirs[prior], flags,
                                       quiet=True)
         scores[object_name, seed, prior] = (seconds / 60, s["iou"], s["mask_iou"], s["psnr"])
@@ -94,7 +95,7 @@ def renders_figure(path: str, objects, seed: dict, runs_dir: str, *, frames=(0, 
   rows = []
   for object_name in objects:
     row = []
-    for folder in ("toy_sd", "closed_form"):
+    for _, _, folder in runs(steps=0).values():  # the folders, in PRIORS order
       video = iio.imread(os.path.join(runs_dir, folder, f"{object_name}_seed{seed[object_name]}",
                                       "turntable.mp4"))
       size = video.shape[1]
