@@ -20,7 +20,8 @@ much as the toy quick start (README), so size the study with --arms, --seeds and
 runs every study with the shipped toy Stable Diffusion as the prior (configs/toy_sd.py, 1500
 steps a run; the bank "toy_sd" of configs/ablations.py) instead of a closed-form bank, into
 experiments/results/ablations_toy_sd.md and ablations_toy_sd/ (runs in runs/ablations_toy_sd).
-The two lighting studies, which differ only in their bank, become one.
+The two lighting studies, which differ only in their bank, become one. Its table ends with
+each arm's verdict beside the closed-form study's (ablations.md in the same results folder).
 
 Each run lives in its own workdir under --runs_dir with its scores in scores.json; finished
 runs are reused and interrupted ones resume from their last checkpoint, so the script can be
@@ -113,6 +114,17 @@ def select_studies(args):
   return studies
 
 
+def comparison(args, studies, results, seeds, results_dir):
+  """With --prior=toy_sd, the section setting each verdict beside the closed-form study's
+  (PRIORS["closed_form"].md in the same results folder, when it is there)."""
+  closed_form = os.path.join(results_dir, PRIORS["closed_form"] + ".md")
+  if args.prior == "closed_form" or not os.path.isfile(closed_form):
+    return ()
+  with open(closed_form, encoding="utf-8") as f:
+    return study.comparison_section(studies, results, seeds, other_text=f.read(),
+                                    other_name="closed-form prior", this_name="toy SD")
+
+
 def main(argv):
   args = parse_args(argv)
   for flag in ("seeds", "steps"):
@@ -142,7 +154,8 @@ def main(argv):
       a for a in argv if a not in ("--table_only", "--rescore"))
   study.write_table(out_md, results, studies=studies, seeds=seeds,
               steps=", ".join(map(str, sorted({r["steps"] for r in results.values()}))),
-              command=command.strip(), timings=study.timing_note(results, runs))
+              command=command.strip(), timings=study.timing_note(results, runs),
+              extra=comparison(args, studies, results, seeds, results_dir))
   study.write_figures(out_figures, runs_dir, studies=studies, seed=seeds[0], results=results)
   print(f"wrote {out_md} and {out_figures}/ in {time.time() - start:.0f} s", flush=True)
 

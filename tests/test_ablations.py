@@ -3,6 +3,7 @@
 Each arm must be the full method with one group of fields changed; arms with equal configs
 must share runs; the table's verdicts must follow the paired differences.
 """
+import dataclasses
 import importlib.util
 import json
 import os
@@ -159,6 +160,40 @@ def test_table_rows_pair_each_arm_with_the_reference_on_the_same_object_and_seed
     results[run]["scores"]["mask_iou"] = 0.3
   assert "does not reproduce" in study.formation_note(janus, results, [0, 1])[0]
   assert "Not run" in study.formation_note(janus, {}, [0, 1])[0]
+
+
+def test_comparison_sets_each_verdict_beside_the_other_priors_table(study):
+  lighting = [s for s in study.STUDIES if s.bank in ("lambertian", "lambertian_textureless")]
+  obj, seeds = lighting[0].objects[0], [0, 1]
+
+  def results_for(bank, iou):  # {arm: mesh IoU on both seeds}
+    return {study.make_run(arm, bank, obj, seed): {"scores": {"iou": value + 0.01 * seed}}
+            for arm, value in iou.items() for seed in seeds}
+
+  # The other prior's table, as write_table writes it: no_lighting lowers mesh IoU on one
+  # bank and raises it on the other.
+  text = []
+  for bank_study, iou in zip(lighting, ({"full": 0.5, "no_lighting": 0.3, "no_textureless": 0.6},
+                                        {"full": 0.5, "no_lighting": 0.7, "no_textureless": 0.4})):
+    text += [f"Bank: `{bank_study.bank}`.", "| arm | metric | value | known answer | "
+             "paper expects | toy world reproduces? |", "|---|---|---|---|---|---|",
+             *study.study_rows(bank_study, results_for(bank_study.bank, iou), seeds, {obj: {}})]
+  verdicts = study.table_verdicts("\n".join(text))
+  iou_label = study.METRICS["iou"].label
+  assert verdicts[("no_lighting", iou_label)] == [("lambertian", "yes (2/2 pairs)"),
+                                                  ("lambertian_textureless", "**no** (0/2 pairs)")]
+  assert ("full", iou_label) not in verdicts  # the reference has no verdict
+
+  learned = dataclasses.replace(lighting[0], bank="toy_sd", toy_world="")
+  section = study.comparison_section(
+      [learned], results_for("toy_sd", {"full": 0.5, "no_lighting": 0.2, "no_textureless": 0.3}),
+      seeds, other_text="\n".join(text), other_name="exact", this_name="learned")
+  row = next(line for line in section if line.startswith(f"| no_lighting | {iou_label} |"))
+  assert row.endswith("| lower than full | yes (2/2 pairs) (`lambertian`); **no** (0/2 pairs) "
+                      "(`lambertian_textureless`) | yes (2/2 pairs) |")
+  # Only mesh IoU was scored (the other metrics' verdicts are n/a and not counted): learned
+  # reproduces both of its verdicts, exact one per bank.
+  assert section[2].endswith("learned: 2 of 2, exact: 2 of 4.")
 
 
 def test_command_line_narrows_the_studies_and_refuses_unknown_names(script):

@@ -16,6 +16,7 @@ import dataclasses
 import functools
 import json
 import os
+import re
 import time
 
 import jax
@@ -584,7 +585,9 @@ def front_feature_note(study, results, seeds):
   return []
 
 
-def write_table(path, results, *, studies, seeds, steps, command, timings):
+def write_table(path, results, *, studies, seeds, steps, command, timings, extra=()):
+  """The study's markdown: per study its rows, notes and summary; `extra` lines (e.g.
+  `comparison_section`) go after the studies, before the figures' caption."""
   objects = sorted({o for study in studies for o in study.objects})
   truths = {o: truth_scores(o) for o in objects}
   if all(study.bank in ablation_configs.LEARNED_PRIOR_BANKS for study in studies):
@@ -619,6 +622,7 @@ def write_table(path, results, *, studies, seeds, steps, command, timings):
         front_feature_note(study, results, seeds) + study_summary(study, results, seeds))
     if study.toy_world:
       lines += [f"In the toy world, {study.toy_world[0].lower()}{study.toy_world[1:]}", ""]
+  lines += list(extra)
   figures = os.path.splitext(os.path.basename(path))[0]
   lines += [f"Figures: {figures}/*.png beside this file (seed {seeds[0]}; rows: the true "
             "object, then each arm; columns: azimuth " + ", ".join(map(str, FIGURE_AZIMUTHS))
@@ -626,6 +630,57 @@ def write_table(path, results, *, studies, seeds, steps, command, timings):
   os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
   with open(path, "w") as f:
     f.write("\n".join(lines))
+
+
+def table_verdicts(text: str) -> dict:
+  """The verdicts of a table that `write_table` wrote.
+
+  Returns:
+    {(arm, metric label): [(bank, verdict), ...]}, one entry per study in which the arm and
+    metric have a verdict (the closed-form table has two lighting studies, one per bank).
+  """
+  found, bank = {}, None
+  for line in text.splitlines():
+    match = re.search(r"Bank: `([^`]+)`", line)
+    if match:
+      bank = match.group(1)
+    cells = [c.strip() for c in line.strip().strip("|").split("|")]
+    if len(cells) == 6 and line.startswith("| ") and cells[5] and cells[0] != "arm":
+      arm = cells[0].split(" (= ")[0]  # arm_label's "guidance_7.5 (= full)"
+      found.setdefault((arm, cells[1]), []).append((bank, cells[5]))
+  return found
+
+
+def comparison_section(studies, results, seeds, *, other_text: str, other_name: str,
+                       this_name: str) -> list[str]:
+  """Markdown lines: for every arm and metric with a paper expectation, this study's verdict
+  (`arm_verdict` on `results`) beside the verdict the other prior's table (`other_text`, as
+  `write_table` wrote it) gave the same arm and metric, and how many of the measurable ones
+  (not "n/a") each reproduced on every object and seed."""
+  other = table_verdicts(other_text)
+  rows, counts = [], {this_name: [0, 0], other_name: [0, 0]}
+  for study in studies:
+    for arm in study.arms:
+      for key in study.metrics:
+        mine, expected = arm_verdict(study, results, seeds, arm, key), study.expected.get(
+            (arm, key))
+        if mine is None:
+          continue
+        theirs = other.get((arm, METRICS[key].label), [])
+        for name, verdicts in ((this_name, [mine]), (other_name, [v for _, v in theirs])):
+          counts[name][0] += sum(v.startswith("yes") for v in verdicts)
+          counts[name][1] += sum(not v.startswith("n/a") for v in verdicts)
+        theirs_text = "; ".join(f"{v} (`{b}`)" if len(theirs) > 1 else v for b, v in theirs)
+        rows.append(f"| {arm} | {METRICS[key].label} | {expected} than {study.reference} | "
+                    f"{theirs_text or 'not in that table'} | {mine} |")
+  summary = [f"{name}: {yes} of {total}" for name, (yes, total) in counts.items()]
+  return ["## The paper's expectations under both priors, arm by arm", "",
+          f"Each arm's verdict here ({this_name}) beside the verdict of the same arm and metric "
+          f"in the {other_name} study (its committed table; where it ran a study on two banks, "
+          "both are given). Reproduced on every object and seed, of the verdicts that could be "
+          "measured: " + ", ".join(summary) + ".",
+          "", f"| arm | metric | paper expects | {other_name} | {this_name} |",
+          "|---|---|---|---|---|", *rows, ""]
 
 
 def to_uint8(image, scale=2):
