@@ -658,22 +658,22 @@ def comparison_section(studies, results, seeds, *, other_text: str, other_name: 
   `write_table` wrote it) gave the same arm and metric, and how many of the measurable ones
   (not "n/a") each reproduced on every object and seed."""
   other = table_verdicts(other_text)
-  rows, counts = [], {this_name: [0, 0], other_name: [0, 0]}
+  rows, verdicts = [], {this_name: [], other_name: []}
   for study in studies:
     for arm in study.arms:
       for key in study.metrics:
-        mine, expected = arm_verdict(study, results, seeds, arm, key), study.expected.get(
-            (arm, key))
+        mine = arm_verdict(study, results, seeds, arm, key)
         if mine is None:
           continue
         theirs = other.get((arm, METRICS[key].label), [])
-        for name, verdicts in ((this_name, [mine]), (other_name, [v for _, v in theirs])):
-          counts[name][0] += sum(v.startswith("yes") for v in verdicts)
-          counts[name][1] += sum(not v.startswith("n/a") for v in verdicts)
+        verdicts[this_name].append(mine)
+        verdicts[other_name] += [v for _, v in theirs]
         theirs_text = "; ".join(f"{v} (`{b}`)" if len(theirs) > 1 else v for b, v in theirs)
-        rows.append(f"| {arm} | {METRICS[key].label} | {expected} than {study.reference} | "
-                    f"{theirs_text or 'not in that table'} | {mine} |")
-  summary = [f"{name}: {yes} of {total}" for name, (yes, total) in counts.items()]
+        rows.append(f"| {arm} | {METRICS[key].label} | {study.expected[arm, key]} than "
+                    f"{study.reference} | {theirs_text or 'not in that table'} | {mine} |")
+  summary = [f"{name}: {sum(v.startswith('yes') for v in found)} of "
+             f"{sum(not v.startswith('n/a') for v in found)}"
+             for name, found in verdicts.items()]
   return ["## The paper's expectations under both priors, arm by arm", "",
           f"Each arm's verdict here ({this_name}) beside the verdict of the same arm and metric "
           f"in the {other_name} study (its committed table; where it ran a study on two banks, "
