@@ -525,9 +525,7 @@ class Checkpointer:
       if destination.exists():
         destination.rmtree()
       (self.directory / str(step)).rename(destination)
-    if jax.process_count() > 1:
-      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-      multihost_utils.sync_global_devices(f"dfjax checkpoint {step} set aside")
+    distributed.barrier(f"checkpoint {step} set aside")
     self._manager.reload()
 
   def restore_metadata(self, *, step: int | None = None) -> dict:

@@ -18,6 +18,12 @@ Faults: JAX's distributed service counts a process dead when its heartbeats stop
 terminates every other process (SIGABRT, with its own message) instead of letting them wait
 in a collective for ever. A process whose coordinator (process 0) dies is terminated at once.
 
+Rendezvous: on CPU devices every new group of cross-process collectives opens a gloo context,
+and gloo gives the processes a fixed 30 s to meet there; a process still compiling when the
+other one arrives (one host busier than another) would fail the run. So every first
+collective of a kind follows `barrier` (the distributed service's own barrier, which waits as
+long as the processes need and fails at once when one of them dies).
+
 JAX is imported inside the functions, so that the entry point can read the settings before
 JAX loads.
 
@@ -119,6 +125,38 @@ def initialize(cluster: Cluster) -> None:
       heartbeat_timeout_seconds=cluster.heartbeat_timeout_seconds)
 
 
+# How long `barrier` waits for the slowest process (e.g. still compiling the step).
+BARRIER_TIMEOUT_SECONDS = 3600
+_barriers_called = 0   # the same count on every process: each one calls the same barriers
+
+
+def barrier(name: str, *, timeout_seconds: int = BARRIER_TIMEOUT_SECONDS) -> None:
+  """Waits until every process has called `barrier(name)`; a no-op on one process.
+
+  Uses the distributed service's barrier (no device collective, so no gloo context); every
+  process must call the same barriers in the same order.
+
+  Raises:
+    UserError: a process did not arrive within `timeout_seconds`.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  if jax.process_count() == 1:
+    return
+  # The client that `jax.distributed.initialize` made; JAX has no public handle on it (orbax
+  # reaches it the same way for its own barriers).
+  from jax._src import distributed as jax_distributed  # pylint: disable=g-import-not-at-top
+  global _barriers_called
+  _barriers_called += 1
+  try:
+    jax_distributed.global_state.client.wait_at_barrier(f"dfjax {_barriers_called}: {name}",
+                                                        timeout_seconds * 1000)
+  except jax.errors.JaxRuntimeError as error:
+    if "DEADLINE_EXCEEDED" not in str(error):
+      raise
+    raise UserError(f"not every process reached {name} within {timeout_seconds} s; see the "
+                    "other processes' output for why") from None
+
+
 def is_primary() -> bool:
   """Whether this process writes the files one process writes (config, metrics, exports)."""
   import jax  # pylint: disable=g-import-not-at-top
@@ -133,6 +171,7 @@ def assert_same_everywhere(value: int, what: str) -> None:
     return
   from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
+  barrier(f"the check of {what}")
   values = np.asarray(multihost_utils.process_allgather(np.int64(value))).reshape(-1)
   if len(set(values.tolist())) != 1:
     raise UserError(f"the processes disagree on {what}: {values.tolist()} (by process); "

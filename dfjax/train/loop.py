@@ -135,7 +135,12 @@ def train(config, workdir: str, *, allow_config_change: bool = False,
   display = logs.Progress(config.train.steps, start_step=start_step,
                           every=config.train.log_every, enabled=progress)
   stop = checkpoint_lib.install_sigterm_handler()
-  train_step = step_lib.make_train_step(scene, optimizer, mesh)
+  # Compiled before the first step, then every process waits for the others: the step's
+  # first collective opens a gloo context on CPU devices, which waits for the other processes
+  # 30 s at most (`distributed.barrier`).
+  train_step = step_lib.make_train_step(scene, optimizer, mesh).lower(state,
+                                                                    prior_params).compile()
+  distributed.barrier("the compiled train step")
   preview = jax.jit(functools.partial(model_lib.render_preview, scene))
 
   step, clock = start_step, StepClock(start_step)
