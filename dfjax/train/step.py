@@ -142,7 +142,7 @@ def apply_gradients(state: TrainState, grads, optimizer) -> tuple[TrainState, di
                      "nonfinite_steps": new_state.nonfinite_steps.astype(jnp.float32)}
 
 
-def _update(state, grads, metrics, *, scene, optimizer):
+def apply_update(state, grads, metrics, *, scene, optimizer):
   """Apply the device-averaged gradients and refresh the occupancy grid (every
   `render.grid_every` steps, from the new parameters); metrics gain the update's and the
   learning rate."""
@@ -170,27 +170,16 @@ def make_train_step(scene: model_lib.Scene, optimizer, mesh: jax.sharding.Mesh):
     grads, metrics = device_gradients(state, prior_params, jax.lax.axis_index(DATA_AXIS),
                                       scene=scene)
     grads, metrics = jax.lax.pmean((grads, metrics), DATA_AXIS)
-    return _update(state, grads, metrics, scene=scene, optimizer=optimizer)
+    return apply_update(state, grads, metrics, scene=scene, optimizer=optimizer)
 
   # check_vma=False: with varying-axis typing on, the gradient w.r.t. a replicated input is
   # already summed over devices by the transpose of the implicit broadcast, and the pmean
   # below would then average a sum. Off, each device's gradient is its own (pmap semantics)
-  # and the pmean is the one reduction, as the reference step computes it.
+  # and the pmean is the one reduction (tests/test_train.py checks it against the mean of
+  # `device_gradients` over device indices).
   sharded = jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P()), out_specs=(P(), P()),
                           check_vma=False)
   return jax.jit(sharded, donate_argnums=0)
-
-
-def reference_step(state: TrainState, prior_params, *, scene: model_lib.Scene, optimizer,
-                   num_devices: int):
-  """What `make_train_step` computes, on one device: the mean over device indices.
-
-  Used by tests to check the sharded step, and to debug without a mesh.
-  """
-  per_index = lambda i: device_gradients(state, prior_params, i, scene=scene)
-  grads, metrics = jax.tree.map(lambda x: jnp.mean(x, axis=0),
-                                jax.vmap(per_index)(jnp.arange(num_devices)))
-  return _update(state, grads, metrics, scene=scene, optimizer=optimizer)
 
 
 def abstract_train_state(scene: model_lib.Scene, optimizer, sharding) -> TrainState:
