@@ -2,20 +2,23 @@
 
 The runs are tiny (the random 8x8 image bank and the field of test_cli.py), on CPU devices
 forced with XLA_FLAGS, their processes joined by JAX's distributed runtime on a free
-localhost port, with gloo for the cross-process collectives. Ten processes in two waves of
-five, for the wall-clock time on two cores:
+localhost port, with gloo for the cross-process collectives. Twelve processes in two waves
+(five, then seven, most of them loading the first wave's compiled steps from the cache), for
+the wall-clock time on two cores:
 1. an uninterrupted 1 process x 4 devices run (`python -m dfjax.main`, the reference); a
    2 processes x 2 devices run (the launcher) sent SIGTERM (to process 1 only) after its
    first checkpoint; and a 2 x 2 run whose process 1 is SIGKILLed;
 2. the SIGTERMed run's command again (it resumes and finishes); its checkpoint before that
-   resumed on 1 x 4; and the 1 x 4 run's checkpoint at step RESUME_FROM resumed on 2 x 2.
+   resumed on 1 x 4; the 1 x 4 run's checkpoint at step RESUME_FROM resumed on 2 x 2; and an
+   uninterrupted 2 x 2 run, which the resumed one must equal bit for bit.
 
 Tolerance between topologies: the views are the same (keys from (seed, step, global device
 index), and the mesh orders devices alike: process 0's, then process 1's), but the mean over
 devices is an all-reduce whose summation order differs between gloo (two processes) and
 XLA's in-process all-reduce (one), so results agree to float32 rounding, not bit for bit:
 relative 1e-6 on the first step's metrics and on the timestep drawn at every step, and 1e-3
-(RTOL) over STEPS Adam steps (measured: about 1e-6 relative over the first 6 steps).
+(RTOL) over STEPS Adam steps (measured: about 1e-6 relative over the first 6 steps). Runs on
+the same topology are compared bit for bit.
 """
 import dataclasses
 import os
@@ -217,6 +220,7 @@ class Wave2:
   resumed: Job
   on_single4: Job
   on_pod: Job
+  pod: Job
 
 
 @pytest.fixture(scope="module")
@@ -229,7 +233,8 @@ def wave2(runs, wave1):
   resumed = runs.pod("resumed", workdir="terminated")   # the same command as before
   on_single4 = runs.single("on_single4", devices=4)
   on_pod = runs.pod("on_pod")
-  return Wave2(stopped_at, resumed.wait(), on_single4.wait(), on_pod.wait())
+  pod = runs.pod("pod")
+  return Wave2(stopped_at, resumed.wait(), on_single4.wait(), on_pod.wait(), pod.wait())
 
 
 def assert_matches_single4(runs, name: str, *, first_step: int = 1) -> None:
@@ -258,8 +263,14 @@ def test_sigterm_to_one_process_saves_on_both_and_the_same_command_resumes(runs,
   assert wave1.terminated_after <= step < STEPS
   assert_succeeded(wave2.resumed)
   assert f"resumed from step {step}" in wave2.resumed.output("stdout")
+  # Same topology, the same steps: bit for bit the uninterrupted run's.
+  assert_succeeded(wave2.pod)
+  assert_states_close(restore_state(runs.path("terminated"), STEPS),
+                      restore_state(runs.path("pod"), STEPS), rtol=0)
   # Its metrics: steps 1..stop from the first command, the rest from the second.
-  assert sorted(metrics_by_step(runs.path("terminated"))) == list(range(1, STEPS + 1))
+  resumed, reference = metrics_by_step(runs.path("terminated")), metrics_by_step(runs.path("pod"))
+  assert sorted(resumed) == sorted(reference) == list(range(1, STEPS + 1))
+  assert all(resumed[s]["loss"] == reference[s]["loss"] for s in reference)
 
 
 def test_two_processes_match_one_process_with_as_many_devices(runs, wave1, wave2):

@@ -197,7 +197,6 @@ def evaluators(field, render_settings):
 
 
 @functools.lru_cache(maxsize=None)
-@functools.lru_cache(maxsize=None)
 def ground_truth(object_name):
   """True renders at the eval azimuths, and the true occupancy grid, of a toy object (cached:
   every run and mesh of the object is scored against the same; do not modify them)."""
@@ -258,6 +257,14 @@ def score_run(scene, params, step, object_name):
   return {k: float(v) for k, v in scores.items()}, figure
 
 
+@functools.lru_cache(maxsize=None)
+def _sharp_mesh_renderer():
+  """`rasterize.render_mesh` with σ = 0.01 px², jitted once: the mesh is an argument, not a
+  constant, so meshes of the same size share one compile."""
+  from dfjax.mesh_sds import rasterize  # pylint: disable=g-import-not-at-top
+  return jax.jit(functools.partial(rasterize.render_mesh, sigma=0.01))
+
+
 def score_mesh(mesh: mesh_lib.Mesh, object_name: str) -> dict:
   """`score_run`'s held-out silhouette IoU and PSNR for a triangle mesh (a refined one, say).
 
@@ -268,12 +275,12 @@ def score_mesh(mesh: mesh_lib.Mesh, object_name: str) -> dict:
   Returns:
     {"mask_iou": ..., "psnr": ...}.
   """
-  from dfjax.mesh_sds import rasterize  # pylint: disable=g-import-not-at-top
   _, truth, _ = ground_truth(object_name)
-  render = jax.jit(lambda camera: rasterize.render_mesh(
-      jnp.asarray(mesh.vertices, jnp.float32), mesh.faces,
-      jnp.asarray(mesh.vertex_colors, jnp.float32) / 255.0, camera, sigma=0.01))
-  outs = [jax.device_get(render(eval_camera(a))) for a in EVAL_AZIMUTHS]
+  render = _sharp_mesh_renderer()
+  vertices, faces = jnp.asarray(mesh.vertices, jnp.float32), jnp.asarray(mesh.faces)
+  colors = jnp.asarray(mesh.vertex_colors, jnp.float32) / 255.0
+  outs = [jax.device_get(render(vertices, faces, colors, eval_camera(a)))
+          for a in EVAL_AZIMUTHS]
   rgb = np.stack([np.clip(o.rgb, 0, 1) for o in outs])
   alpha = np.stack([o.alpha for o in outs])
   return {"mask_iou": metrics.mask_iou(alpha, truth.alpha), "psnr": metrics.psnr(rgb, truth.rgb)}
