@@ -7,7 +7,8 @@ and scored against the true object (`dfjax.eval.ablations.score_run`: mesh IoU a
 level the export chose, held-out silhouette IoU and PSNR over 12 azimuths):
   toy SD:       python -m dfjax.main --config=configs/toy_sd.py
   closed form:  python -m dfjax.main --config=configs/toy.py --config.train.steps=N
-with N the toy SD config's steps (1500), so both priors get the same number of updates. Runs
+with N the toy SD config's steps, so both priors get the same number of updates (the table of
+2026-12 was made when configs/toy_sd.py guided at 100 for 1500 steps). Runs
 already finished in --runs_dir (RUNS/toy_sd/OBJECT_seedS and RUNS/closed_form/OBJECT_seedS)
 are scored again, not retrained, so a study resumes where it stopped; --finished_only trains
 nothing and tables the pairs of runs finished so far. The side-by-side table

@@ -50,7 +50,8 @@ def main(argv=None):
       columns = list(zip(*per_seed))
       met = all(m <= 10 and iou >= 0.45 and sil >= 0.75 for m, iou, sil, _ in per_seed)
       rows.append([f"{scale:g}", str(steps)]
-                  + [" / ".join(f"{v:.3g}" for v in column) for column in columns]
+                  + [" / ".join(f"{v:{spec}}" for v in column)
+                     for column, spec in zip(columns, (".1f", ".3f", ".3f", ".1f"))]
                   + [f"{statistics.mean(columns[2]):.3f}", "yes" if met else "no"])
   header = ["guidance", "steps", "minutes", "mesh IoU", "silhouette IoU", "PSNR (dB)",
             "mean silhouette IoU", "target met on every seed"]

@@ -245,7 +245,7 @@ def test_the_toy_sd_refinement_config_is_toy_sd_with_the_mesh_section():
   section = mesh_sds_config.mesh_sds_config().to_dict()
   assert config.mesh_sds.to_dict() == dict(section, shaded_prob=base.shading.shaded_prob)
   settings = refine.settings_from_config(config)
-  assert settings.shaded_prob == 0.75 and settings.guidance_scale == 100.0
+  assert settings.shaded_prob == 0.75 and settings.guidance_scale == base.prior.guidance_scale
 
 
 # ---------------------------------------------------------------------------------------------

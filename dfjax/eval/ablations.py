@@ -599,9 +599,9 @@ def write_table(path, results, *, studies, seeds, steps, command, timings, extra
   truths = {o: truth_scores(o) for o in objects}
   if all(study.bank in ablation_configs.LEARNED_PRIOR_BANKS for study in studies):
     title, method = " with the toy Stable Diffusion", (
-        "configs/toy_sd.py) with one group of fields changed (configs/ablations.py), trained "
-        "with the shipped toy Stable Diffusion as the prior (guidance 100, lit and textureless "
-        "views after the warm-up, as the paper)")
+        "configs/toy_sd.py at the paper's guidance 100) with one group of fields changed "
+        "(configs/ablations.py), trained with the shipped toy Stable Diffusion as the prior "
+        "(lit and textureless views after the warm-up, as the paper)")
   else:
     title, method = "", ("configs/toy.py) with one group of fields changed "
                          "(configs/ablations.py), trained with the closed-form prior of a toy "
