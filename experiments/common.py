@@ -35,8 +35,9 @@ def time_call(fn, *args, repeats: int = 5):
   return compile_seconds, sorted(times)[len(times) // 2]
 
 
-def append_table(title: str, header, rows, *, command: str) -> str:
-  """Format a markdown table, print it, and append it to experiments/results/bench.md."""
+def append_table(title: str, header, rows, *, command: str, results: str = RESULTS) -> str:
+  """Format a markdown table, print it, and append it to `results` (default
+  experiments/results/bench.md)."""
   lines = [f"## {title}", "",
            f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; {machine()}",
            f"`{command}`", "",
@@ -44,8 +45,8 @@ def append_table(title: str, header, rows, *, command: str) -> str:
   lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
   text = "\n".join(lines) + "\n\n"
   print(text)
-  os.makedirs(os.path.dirname(RESULTS), exist_ok=True)
-  with open(RESULTS, "a") as f:
+  os.makedirs(os.path.dirname(results), exist_ok=True)
+  with open(results, "a") as f:
     f.write(text)
   return text
 

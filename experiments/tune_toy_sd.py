@@ -13,7 +13,6 @@ cores. Runs already finished in --runs_dir are scored again, not retrained. The 
 appended to experiments/results/toy_sd.md.
 """
 import argparse
-import datetime
 import os
 import statistics
 import sys
@@ -55,17 +54,11 @@ def main(argv=None):
                   + [f"{statistics.mean(columns[2]):.3f}", "yes" if met else "no"])
   header = ["guidance", "steps", "minutes", "mesh IoU", "silhouette IoU", "PSNR (dB)",
             "mean silhouette IoU", "target met on every seed"]
-  lines = ["", f"## The duck with configs/toy_sd.py at other guidance scales and lengths "
-           f"({datetime.date.today().isoformat()})", "",
-           f"Made by: `python experiments/tune_toy_sd.py {' '.join(argv or sys.argv[1:])}`. "
-           f"Per seed ({args.seeds}); target: mesh IoU >= 0.45 and silhouette IoU >= 0.75 "
-           "within 10 minutes (compile, training and export) on 2 CPU cores.", "",
-           "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-  lines += ["| " + " | ".join(row) + " |" for row in rows]
-  text = "\n".join(lines) + "\n"
-  print(text)
-  with open(RESULTS, "a") as f:
-    f.write(text)
+  common.append_table(
+      "The duck with configs/toy_sd.py at other guidance scales and lengths (per seed; target: "
+      "mesh IoU >= 0.45 and silhouette IoU >= 0.75 within 10 minutes all in on 2 CPU cores)",
+      header, rows, command=f"python experiments/tune_toy_sd.py {' '.join(argv or sys.argv[1:])}",
+      results=RESULTS)
 
 
 if __name__ == "__main__":
