@@ -31,6 +31,7 @@ Data flow: the bottom of train (JAX only) -> train.checkpoint, train.loop, dfjax
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 from typing import Mapping
@@ -155,6 +156,22 @@ def barrier(name: str, *, timeout_seconds: int = BARRIER_TIMEOUT_SECONDS) -> Non
       raise
     raise UserError(f"not every process reached {name} within {timeout_seconds} s; see the "
                     "other processes' output for why") from None
+
+
+@contextlib.contextmanager
+def peer_loss_as_one_line():
+  """Turns a cross-process exchange that failed because another process of the run died
+  (gloo: "Connection closed by peer") into a one-line UserError instead of a traceback; the
+  distributed service or the launcher stops this process soon after anyway."""
+  import jax  # pylint: disable=g-import-not-at-top
+  try:
+    yield
+  except jax.errors.JaxRuntimeError as error:
+    if jax.process_count() == 1 or "by peer" not in str(error):
+      raise
+    raise UserError("another process of this run stopped during a cross-process exchange (its "
+                    "output says why); run the same command to resume from the last "
+                    "checkpoint") from None
 
 
 def is_primary() -> bool:

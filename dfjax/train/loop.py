@@ -145,20 +145,21 @@ def train(config, workdir: str, *, allow_config_change: bool = False,
 
   step, clock = start_step, StepClock(start_step)
   try:
-    while step < config.train.steps:
-      state, metrics = train_step(state, prior_params)
-      step += 1
-      if step % config.train.log_every == 0 or step == config.train.steps:
-        _log_metrics(writer, display, state, metrics, step=step, clock=clock,
-                     max_nonfinite_steps=config.optimizer.max_nonfinite_steps)
-      if config.train.image_every and step % config.train.image_every == 0:
-        _log_images(writer, scene, state, step, preview)
-      if stop.requested or checkpointer.reached_preemption(step):
-        checkpointer.save(step, state, force=True)
-        print(f"stopped by {stop.signal_name or 'preemption'} at step {step}; checkpoint "
-              "saved, run the same command to resume", flush=True)
-        return Trained(scene=scene, state=state, step=step, finished=False)
-      checkpointer.save(step, state, force=step == config.train.steps)
+    with distributed.peer_loss_as_one_line():
+      while step < config.train.steps:
+        state, metrics = train_step(state, prior_params)
+        step += 1
+        if step % config.train.log_every == 0 or step == config.train.steps:
+          _log_metrics(writer, display, state, metrics, step=step, clock=clock,
+                       max_nonfinite_steps=config.optimizer.max_nonfinite_steps)
+        if config.train.image_every and step % config.train.image_every == 0:
+          _log_images(writer, scene, state, step, preview)
+        if stop.requested or checkpointer.reached_preemption(step):
+          checkpointer.save(step, state, force=True)
+          print(f"stopped by {stop.signal_name or 'preemption'} at step {step}; checkpoint "
+                "saved, run the same command to resume", flush=True)
+          return Trained(scene=scene, state=state, step=step, finished=False)
+        checkpointer.save(step, state, force=step == config.train.steps)
   finally:
     display.close()
     checkpointer.wait()
