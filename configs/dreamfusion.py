@@ -118,10 +118,11 @@ def prior_config() -> ml_collections.ConfigDict:
   prior.revision = ""  # hub revision (e.g. "bf16" for CompVis/stable-diffusion-v1-4)
   prior.dtype = "bfloat16"  # U-Net/VAE parameter and compute dtype; SDS gradient is float32
   prior.use_vae = True  # False skips the VAE (cost studies only)
-  # The U-Net's attention: "dense", "split_heads" or "chunked" (dfjax.priors.stable_diffusion.
-  # ATTENTION; same weights, same result up to rounding). SD 1.5 on 2 CPU cores, float32:
-  # 18.7 / 20.2 / 21.1 s per guided U-Net call; bfloat16: 32.0 / 27.6 / 25.7 s (bench.md)
-  prior.attention = "dense"
+  # The U-Net's attention: "deferred_softmax", "dense" (diffusers' own), "split_heads" or
+  # "chunked" (dfjax.priors.stable_diffusion.ATTENTION; same weights, same result up to
+  # rounding). SD 1.5 on 2 CPU cores, float32, per guided U-Net call: deferred_softmax
+  # 11.3-13.2 s against dense 16.1-16.6 s (bench.md)
+  prior.attention = "deferred_softmax"
   prior.bank = ""  # .npz bank file, for kind == "bank"
   prior.view_dependent = True  # view-dependent prompts (§3.2)
   prior.guidance_scale = 100.0  # classifier-free guidance s in u + s (c - u)

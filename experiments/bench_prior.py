@@ -102,7 +102,7 @@ def build_prior(unet_config, *, dtype, attention="dense", params=None):
   unet = unet_class.from_config(dict(unet_config, **options), dtype=compute_dtype)
   vae = vae_class.from_config(SD_VAE, dtype=compute_dtype)
   if params is not None:
-    return _prior(unet, vae, params, compute_dtype)
+    return _prior(unet, vae, params, compute_dtype, attention)
   key = jax.random.PRNGKey(0)
   vae_params = random_params(jax.eval_shape(vae.init_weights, key), seed=1)
   width = unet_config["cross_attention_dim"]
@@ -111,15 +111,18 @@ def build_prior(unet_config, *, dtype, attention="dense", params=None):
       unet=random_params(jax.eval_shape(unet.init_weights, key), seed=0),
       vae_encoder={"encoder": vae_params["encoder"], "quant_conv": vae_params["quant_conv"]},
       text_embeddings=embeddings[:4], uncond_embedding=embeddings[4:])
-  return _prior(unet, vae, stable_diffusion.cast_floating(params, compute_dtype), compute_dtype)
+  return _prior(unet, vae, stable_diffusion.cast_floating(params, compute_dtype), compute_dtype,
+                attention)
 
 
-def _prior(unet, vae, params, compute_dtype):
+def _prior(unet, vae, params, compute_dtype, attention):
+  # An older dfjax's prior has no attention argument (its module fields chose it).
+  extra = {"attention": attention} if hasattr(stable_diffusion, "attention_scope") else {}
   return stable_diffusion.StableDiffusionPrior(
       unet=unet, vae=vae, params=params, alphas_cumprod=diffusion.alphas_cumprod_from_config(),
       image_size=RENDER_SIZE, latent_space=stable_diffusion.latent_space_of(unet, vae),
       prediction_type="epsilon",
-      compute_dtype=compute_dtype, prompts=["random"] * 5)
+      compute_dtype=compute_dtype, prompts=["random"] * 5, **extra)
 
 
 def workloads(prior, *, batch):
@@ -197,7 +200,7 @@ def main(argv=None):
                       help=f"comma-separated, from {sorted(MODELS)}")
   parser.add_argument("--dtypes", default="float32",
                       help=f"comma-separated, from {sorted(stable_diffusion.DTYPES)}")
-  parser.add_argument("--attention", default="dense",
+  parser.add_argument("--attention", default="deferred_softmax",
                       help=f"comma-separated, from {list(stable_diffusion.ATTENTION)} (the "
                       "U-Net's; vae+grad is timed once per dtype)")
   parser.add_argument("--batch", type=int, default=1, help="renders per step")

@@ -180,11 +180,12 @@ def test_view_dependence_off_conditions_every_bucket_on_the_bare_prompt(safetens
                                 safetensors_prior.params.uncond_embedding)
 
 
-@pytest.mark.parametrize("attention", ["split_heads", "chunked"])
+@pytest.mark.parametrize("attention", ["dense", "split_heads", "chunked"])
 def test_every_attention_predicts_the_same_noise(safetensors_dir, safetensors_prior,
                                                  predict_fp32, attention):
   """config.prior.attention reaches the U-Net and changes only float rounding: the same eps
-  as the default (dense) from the same weights, for every view bucket."""
+  as the default (deferred_softmax) from the same weights, for every view bucket. "dense" is
+  diffusers' own attention, so this checks the default against the library's code."""
   from configs import dreamfusion  # pylint: disable=g-import-not-at-top
   from dfjax.train import prior_setup  # pylint: disable=g-import-not-at-top
   config = dreamfusion.get_config()
@@ -192,9 +193,10 @@ def test_every_attention_predicts_the_same_noise(safetensors_dir, safetensors_pr
   config.prior.dtype, config.prior.attention = "float32", attention
   prior, _ = prior_setup.build_prior(config)
   fields = stable_diffusion.ATTENTION[attention]
+  assert (prior.attention, safetensors_prior.attention) == (attention, "deferred_softmax")
   assert (prior.unet.split_head_dim, prior.unet.use_memory_efficient_attention) == (
       fields.get("split_head_dim", False), fields.get("use_memory_efficient_attention", False))
-  assert not (safetensors_prior.unet.split_head_dim  # the default: diffusers' own
+  assert not (safetensors_prior.unet.split_head_dim  # the default: diffusers' fields
               or safetensors_prior.unet.use_memory_efficient_attention)
   space = prior.latent_space
   x_t = _latents(5, 4, space.latent_size, space.latent_channels)
@@ -203,6 +205,23 @@ def test_every_attention_predicts_the_same_noise(safetensors_dir, safetensors_pr
   got = jnp.stack(_jit(prior.predict_noise)(prior.params, *args))
   np.testing.assert_allclose(got, expected, atol=2e-5, rtol=1e-4)
   assert float(jnp.abs(expected).mean()) > 0.1  # a real prediction, not zeros
+
+
+@pytest.mark.parametrize("dtype, spread, tolerance",
+                         [(jnp.float32, 6.0, 1e-4), (jnp.bfloat16, 1.0, 2e-2)])
+def test_deferred_softmax_attention_is_jax_attention(dtype, spread, tolerance):
+  """Self- and cross-attention shapes (keys unlike queries; in float32, scores past 88, where
+  exp overflows without the max subtracted) against jax.nn.dot_product_attention in float32."""
+  rng = np.random.default_rng(0)
+  for queries, keys in ((24, 24), (24, 7)):
+    q, k, v = (jnp.asarray(rng.normal(scale=spread, size=(2, n, 4, 8)), jnp.float32)
+               for n in (queries, keys, keys))
+    expected = jax.nn.dot_product_attention(q, k, v, scale=8 ** -0.5)
+    got = stable_diffusion.deferred_softmax_attention(
+        q.astype(dtype), k.astype(dtype), v.astype(dtype), 8 ** -0.5)
+    assert got.shape == expected.shape and got.dtype == dtype
+    np.testing.assert_allclose(np.asarray(got, np.float32), expected,
+                               atol=tolerance * 4, rtol=tolerance)
 
 
 def test_loader_takes_every_size_from_the_configs(other_dir):

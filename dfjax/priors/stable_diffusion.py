@@ -16,8 +16,10 @@ after which the text encoder is dropped.
 Data flow: priors.diffusion and priors.sd_checkpoint -> here -> priors.sds (through the prior
 interface: `encode`, `predict_noise`) and train.prior_setup.
 """
+import contextlib
 import dataclasses
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -29,14 +31,69 @@ from dfjax.priors import sd_checkpoint
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 # The U-Net's attention (diffusers' FlaxAttention fields; the weights are the same for all):
-#   dense:       heads folded into the batch axis, one [tokens, tokens] score matrix per head;
+#   deferred_softmax: diffusers' attention with the softmax's division moved after the product
+#                with the values (`deferred_softmax_attention`), heads kept as their own axis;
+#   dense:       diffusers' own: heads folded into the batch axis, one [tokens, tokens]
+#                probability matrix per head;
 #   split_heads: the same matrices with heads kept as their own axis (no reshape copies);
 #   chunked:     queries in chunks of 1/64 of the tokens (64 of a 64x64 latent's 4096), keys
 #                in chunks of up to 16384, with a running softmax (Rabe & Staats 2021,
 #                arXiv:2112.05682): never the whole matrix.
 # Measured with SD 1.5's U-Net (experiments/results/bench.md, "Stable Diffusion prior cost").
-ATTENTION = {"dense": {}, "split_heads": {"split_head_dim": True},
+ATTENTION = {"deferred_softmax": {}, "dense": {}, "split_heads": {"split_head_dim": True},
              "chunked": {"use_memory_efficient_attention": True}}
+
+
+def deferred_softmax_attention(query, key, value, scale):
+  """softmax(q·kᵀ·scale) v (Vaswani et al. 2017, Eq. 1), normalised after the value product.
+
+  e_ij = exp(s_ij − max_j s_ij) with s = scale·q·kᵀ, out_i = (Σ_j e_ij v_j) / Σ_j e_ij: the
+  same values as normalising the probabilities first, but the division acts on [tokens, d]
+  outputs instead of the [tokens, tokens] matrix (the order memory-efficient attention uses,
+  Rabe & Staats 2021, arXiv:2112.05682, §2). The sum of e is taken in float32.
+
+  Args:
+    query: [batch, queries, heads, d].
+    key, value: [batch, keys, heads, d].
+    scale: the factor of the scores (d ** -0.5).
+
+  Returns:
+    [batch, queries, heads, d] in the inputs' dtype.
+  """
+  scores = jnp.einsum("biha,bjha->bhij", query * jnp.asarray(scale, query.dtype), key)
+  weights = jnp.exp(scores - jnp.max(scores, axis=-1, keepdims=True))
+  total = jnp.sum(weights, axis=-1, dtype=jnp.float32)               # [b, h, i]
+  out = jnp.einsum("bhij,bjha->bhia", weights, value) / total[..., None].astype(value.dtype)
+  return jnp.transpose(out, (0, 2, 1, 3))
+
+
+def _deferred_softmax_interceptor(next_fun, args, kwargs, context):
+  """A flax method interceptor running diffusers' FlaxAttention with
+  `deferred_softmax_attention` (its own projections, weights and dropout); every other
+  method runs unchanged."""
+  module = context.module
+  if type(module).__name__ != "FlaxAttention" or context.method_name != "__call__":
+    return next_fun(*args, **kwargs)
+  hidden_states, *rest = args
+  context_states = rest[0] if rest else kwargs.get("context")
+  deterministic = rest[1] if len(rest) > 1 else kwargs.get("deterministic", True)
+  context_states = hidden_states if context_states is None else context_states
+  batch = hidden_states.shape[0]
+  split = lambda x: x.reshape(batch, -1, module.heads, module.dim_head)
+  out = deferred_softmax_attention(split(module.query(hidden_states)),
+                                   split(module.key(context_states)),
+                                   split(module.value(context_states)), module.scale)
+  out = module.proj_attn(out.reshape(batch, -1, module.heads * module.dim_head))
+  return module.dropout_layer(out, deterministic=deterministic)
+
+
+def attention_scope(attention: str):
+  """The context in which the U-Net must be applied to compute `attention` (a key of
+  ATTENTION): a flax interceptor for "deferred_softmax", nothing for the others (their
+  module fields choose diffusers' own code)."""
+  if attention == "deferred_softmax":
+    return nn.intercept_methods(_deferred_softmax_interceptor)
+  return contextlib.nullcontext()
 
 
 DEFAULT_VIEW_SUFFIXES = ("front view", "side view", "back view", "overhead view")
@@ -92,10 +149,11 @@ class StableDiffusionPrior:
     latent_space: `LatentSpace`.
     prediction_type: "epsilon" or "v_prediction", what the U-Net outputs.
     compute_dtype: the dtype the U-Net and VAE compute in.
+    attention: how the U-Net computes attention, a key of ATTENTION.
   """
 
   def __init__(self, *, unet, vae, params, alphas_cumprod, image_size, latent_space,
-               prediction_type, compute_dtype, prompts):
+               prediction_type, compute_dtype, prompts, attention="deferred_softmax"):
     self.unet = unet
     self.vae = vae
     self.params = params
@@ -106,6 +164,7 @@ class StableDiffusionPrior:
     self.compute_dtype = compute_dtype
     self.prompts = tuple(prompts)
     self.use_vae = vae is not None
+    self.attention = attention
 
   def encode(self, params, images):
     """Renders to scaled latents x0 (latent diffusion, Rombach et al. 2022, §3).
@@ -165,8 +224,9 @@ class StableDiffusionPrior:
     embeddings = jnp.concatenate([cond, uncond]).astype(self.compute_dtype)
     sample = jnp.transpose(jnp.concatenate([x_t, x_t]), (0, 3, 1, 2))
     both_timesteps = jnp.concatenate([timesteps, timesteps]).astype(jnp.int32)
-    output = self.unet.apply({"params": params.unet}, sample.astype(self.compute_dtype),
-                             both_timesteps, embeddings).sample
+    with attention_scope(self.attention):
+      output = self.unet.apply({"params": params.unet}, sample.astype(self.compute_dtype),
+                               both_timesteps, embeddings).sample
     output = jnp.transpose(output, (0, 2, 3, 1)).astype(jnp.float32)
     if self.prediction_type == "v_prediction":
       output = eps_from_v_prediction(
@@ -195,7 +255,7 @@ def eps_from_v_prediction(v, x_t, alpha_bar):
 
 def load_stable_diffusion(model, *, revision=None, dtype="float32", prompt,
                           view_suffixes=DEFAULT_VIEW_SUFFIXES, view_dependent=True,
-                          use_vae=True, render_size=64, attention="dense"):
+                          use_vae=True, render_size=64, attention="deferred_softmax"):
   """Loads a Stable Diffusion pipeline as a frozen SDS prior.
 
   Args:
@@ -246,7 +306,7 @@ def load_stable_diffusion(model, *, revision=None, dtype="float32", prompt,
   return StableDiffusionPrior(
       unet=unet, vae=vae, params=params, alphas_cumprod=alphas_cumprod,
       image_size=render_size, latent_space=latent_space, prediction_type=prediction_type,
-      compute_dtype=compute_dtype, prompts=prompts)
+      compute_dtype=compute_dtype, prompts=prompts, attention=attention)
 
 
 def _check_arguments(dtype, prompt, view_suffixes, render_size, attention):
