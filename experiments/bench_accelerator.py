@@ -8,7 +8,7 @@ A setup is NAME:VIEWS, VIEWS renders per device per step (train.views_per_device
   sd15, sd21base  configs/dreamfusion.py (64x64 renders, the paper's 5x128 field, 64 samples,
                   guidance 100, lit and textureless views) with the SD 1.5 or SD 2.1-base
                   U-Net and VAE built from their configs with random weights (no download),
-                  bfloat16; NAME@ATTENTION picks the U-Net's attention (e.g. sd15@split_heads);
+                  bfloat16; NAME@ATTENTION picks the U-Net's attention (e.g. sd15@dense);
   paper           the same field and renders with the closed-form prior over a 64x64 toy bank
                   (the renderer's cost alone);
   toy             configs/toy.py (for checking this script on a CPU).
@@ -29,7 +29,7 @@ import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-DEFAULT_SETUPS = "paper:1,paper:4,sd15:1,sd15@split_heads:1,sd15:4,sd21base:1"
+DEFAULT_SETUPS = "paper:1,paper:4,sd15:1,sd15@dense:1,sd15:4,sd21base:1"
 # Dense bfloat16 peak TFLOP/s by jax device_kind (vendor datasheets, without sparsity).
 PEAK_TFLOPS = {"NVIDIA H100 80GB HBM3": 989.0, "NVIDIA H100": 989.0, "NVIDIA H200": 989.0,
                "NVIDIA A100-SXM4-80GB": 312.0, "NVIDIA A100-SXM4-40GB": 312.0,

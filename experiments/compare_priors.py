@@ -7,8 +7,11 @@ and scored against the true object (`dfjax.eval.ablations.score_run`: mesh IoU a
 level the export chose, held-out silhouette IoU and PSNR over 12 azimuths):
   toy SD:       python -m dfjax.main --config=configs/toy_sd.py
   closed form:  python -m dfjax.main --config=configs/toy.py --config.train.steps=N
-with N the toy SD config's steps, so both priors get the same number of updates (the table of
-2026-12 was made when configs/toy_sd.py guided at 100 for 1500 steps). Runs
+with N the toy SD config's steps, so both priors get the same number of updates. --guidance
+and --steps override the toy SD's guidance scale and both runs' steps: the table of 2026-12
+was made when configs/toy_sd.py guided at 100 for 1500 steps, and
+  python experiments/compare_priors.py --guidance=100 --steps=1500
+repeats its settings (the default now distils at the config's 10 for 3000 steps). Runs
 already finished in --runs_dir (RUNS/toy_sd/OBJECT_seedS and RUNS/closed_form/OBJECT_seedS)
 are scored again, not retrained, so a study resumes where it stopped; --finished_only trains
 nothing and tables the pairs of runs finished so far. The side-by-side table
@@ -33,20 +36,22 @@ RENDERS = os.path.join("experiments", "results", "toy_sd", "compare_priors_rende
 PRIORS = ("toy SD", "closed form")
 
 
-def runs(steps: int):
+def runs(steps: int, guidance: float):
   """{prior: (config file, extra flags, runs subfolder)}."""
-  return {"toy SD": ("configs/toy_sd.py", [], "toy_sd"),
+  return {"toy SD": ("configs/toy_sd.py", [f"--config.train.steps={steps}",
+                                           f"--config.prior.guidance_scale={guidance}"],
+                     "toy_sd"),
           "closed form": ("configs/toy.py", [f"--config.train.steps={steps}"], "closed_form")}
 
 
-def study(objects, seeds, runs_dir: str, *, finished_only: bool = False):
+def study(objects, seeds, runs_dir: str, *, steps: int, guidance: float,
+          finished_only: bool = False):
   """{(object, seed, prior): (minutes, mesh IoU, silhouette IoU, PSNR)}, runs alternating.
 
   With `finished_only`, nothing is trained: only the pairs whose two runs have finished
   are scored.
   """
-  steps = toy_sd.get_config().train.steps
-  prior_runs = runs(steps)
+  prior_runs = runs(steps, guidance)
   scores = {}
   for object_name in objects:
     for seed in seeds:
@@ -60,7 +65,7 @@ def study(objects, seeds, runs_dir: str, *, finished_only: bool = False):
                                       quiet=True)
         scores[object_name, seed, prior] = (seconds / 60, s["iou"], s["mask_iou"], s["psnr"])
         print(object_name, seed, prior, scores[object_name, seed, prior], flush=True)
-  return scores, steps
+  return scores
 
 
 def table(scores, objects, seeds) -> list[str]:
@@ -96,7 +101,7 @@ def renders_figure(path: str, objects, seed: dict, runs_dir: str, *, frames=(0, 
   rows = []
   for object_name in objects:
     row = []
-    for _, _, folder in runs(steps=0).values():  # the folders, in PRIORS order
+    for _, _, folder in runs(steps=0, guidance=0.0).values():  # the folders, in PRIORS order
       video = iio.imread(os.path.join(runs_dir, folder, f"{object_name}_seed{seed[object_name]}",
                                       "turntable.mp4"))
       size = video.shape[1]
@@ -122,6 +127,11 @@ def main():
   parser.add_argument("--objects", default="all", help="toy objects, comma-separated, or all")
   parser.add_argument("--seeds", default="0,1")
   parser.add_argument("--runs_dir", default=os.path.join("runs", "compare_priors"))
+  defaults = toy_sd.get_config()
+  parser.add_argument("--guidance", type=float, default=defaults.prior.guidance_scale,
+                      help="the toy SD's guidance scale (default: configs/toy_sd.py's)")
+  parser.add_argument("--steps", type=int, default=defaults.train.steps,
+                      help="both priors' training steps (default: configs/toy_sd.py's)")
   parser.add_argument("--finished_only", action="store_true",
                       help="train nothing: score the pairs of runs that have finished")
   args = parser.parse_args()
@@ -129,7 +139,8 @@ def main():
   objects = (list(ablations.OBJECT_BY_NAME) if args.objects == "all"
              else args.objects.split(","))
   seeds = [int(s) for s in args.seeds.split(",")]
-  scores, steps = study(objects, seeds, args.runs_dir, finished_only=args.finished_only)
+  scores = study(objects, seeds, args.runs_dir, steps=args.steps, guidance=args.guidance,
+                 finished_only=args.finished_only)
   if not scores:
     sys.exit(f"error: no finished pair of runs in {args.runs_dir}; run without --finished_only")
   objects = [o for o in objects if any(k[0] == o for k in scores)]
@@ -142,7 +153,8 @@ def main():
   renders_figure(os.path.join(common.REPO, RENDERS), objects, first_seed, args.runs_dir)
   figure = os.path.relpath(FIGURE, os.path.join("experiments", "results"))
   renders = os.path.relpath(RENDERS, os.path.join("experiments", "results"))
-  lines = [f"## Toy SD against the closed-form prior at {steps} steps", "",
+  lines = [f"## Toy SD (guidance {args.guidance:g}) against the closed-form prior at "
+           f"{args.steps} steps", "",
            f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; "
            f"{common.machine()}",
            f"`python experiments/compare_priors.py {' '.join(sys.argv[1:])}`", "",
