@@ -207,6 +207,27 @@ def test_every_attention_predicts_the_same_noise(safetensors_dir, safetensors_pr
   assert float(jnp.abs(expected).mean()) > 0.1  # a real prediction, not zeros
 
 
+def test_the_default_attention_runs_through_deferred_softmax(safetensors_prior, monkeypatch):
+  """The interceptor is in effect: every FlaxAttention of the U-Net (a self- and a
+  cross-attention per transformer block) calls deferred_softmax_attention."""
+  calls = []
+  original = stable_diffusion.deferred_softmax_attention
+
+  def counting(query, key, value, scale):
+    calls.append((query.shape[1], key.shape[1]))
+    return original(query, key, value, scale)
+
+  monkeypatch.setattr(stable_diffusion, "deferred_softmax_attention", counting)
+  space = safetensors_prior.latent_space
+  x_t = _latents(6, 2, space.latent_size, space.latent_channels)
+  jax.eval_shape(safetensors_prior.predict_noise, safetensors_prior.params, x_t,
+                 jnp.array([10, 500]), jnp.array([0, 2]))
+  tokens = safetensors_prior.params.text_embeddings.shape[1]
+  assert calls and len(calls) % 2 == 0
+  assert {keys for _, keys in calls[1::2]} == {tokens}       # cross-attention: the prompt
+  assert all(queries == keys for queries, keys in calls[0::2])  # self-attention
+
+
 @pytest.mark.parametrize("dtype, spread, tolerance",
                          [(jnp.float32, 6.0, 1e-4), (jnp.bfloat16, 1.0, 2e-2)])
 def test_deferred_softmax_attention_is_jax_attention(dtype, spread, tolerance):

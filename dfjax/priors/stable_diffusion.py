@@ -71,8 +71,9 @@ def _deferred_softmax_interceptor(next_fun, args, kwargs, context):
   """A flax method interceptor running diffusers' FlaxAttention with
   `deferred_softmax_attention` (its own projections, weights and dropout); every other
   method runs unchanged."""
+  from diffusers.models.attention_flax import FlaxAttention  # pylint: disable=g-import-not-at-top
   module = context.module
-  if type(module).__name__ != "FlaxAttention" or context.method_name != "__call__":
+  if not isinstance(module, FlaxAttention) or context.method_name != "__call__":
     return next_fun(*args, **kwargs)
   hidden_states, *rest = args
   context_states = rest[0] if rest else kwargs.get("context")
