@@ -12,6 +12,7 @@ import numbers
 import os
 
 from dfjax.errors import UserError
+from dfjax.priors import stable_diffusion
 
 
 def _range(config, name: str, *, lo=None, hi=None, strictly_increasing=True):
@@ -126,7 +127,7 @@ def check_config(config) -> None:
   _choice(config, "prior.kind", ("stable_diffusion", "bank", "toy"))
   _choice(config, "prior.weighting", ("sds", "uniform", "sqrt_alpha_one_minus"))
   _choice(config, "prior.dtype", ("float32", "bfloat16"))
-  _choice(config, "prior.attention", ("dense", "split_heads", "chunked"))
+  _choice(config, "prior.attention", tuple(stable_diffusion.ATTENTION))
   _choice(config, "background.kind", ("mlp", "fixed"))
   _choice(config, "render.normals", ("autodiff", "finite_difference"))
   _choice(config, "render.sampler", ("uniform", "occupancy"))
