@@ -120,8 +120,8 @@ def prior_config() -> ml_collections.ConfigDict:
   prior.use_vae = True  # False skips the VAE (cost studies only)
   # The U-Net's attention: "deferred_softmax", "dense" (diffusers' own), "split_heads" or
   # "chunked" (dfjax.priors.stable_diffusion.ATTENTION; same weights, same result up to
-  # rounding). SD 1.5 on 2 CPU cores, float32, per guided U-Net call: deferred_softmax
-  # 11.3-13.2 s against dense 16.1-16.6 s (bench.md)
+  # rounding). SD 1.5 on 2 CPU cores, per guided U-Net call, alternating: deferred_softmax
+  # 11.1 s against dense 15.5 s in float32, 16.0 against 17.5 s in bfloat16 (bench.md)
   prior.attention = "deferred_softmax"
   prior.bank = ""  # .npz bank file, for kind == "bank"
   prior.view_dependent = True  # view-dependent prompts (§3.2)
