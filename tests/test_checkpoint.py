@@ -153,6 +153,25 @@ def test_half_written_save_is_ignored_and_removed(tmp_path, mesh):
   assert sorted(os.listdir(checkpoints_dir), key=int) == ["10", "20", "40"]
 
 
+def test_a_leftover_that_cannot_be_removed_fails_the_first_save_not_the_open(
+    tmp_path, mesh, monkeypatch):
+  """Opening reads on (leftovers are never read); the first save reports the error, one line."""
+  import errno  # pylint: disable=g-import-not-at-top
+  (tmp_path / "checkpoints" / "30.orbax-checkpoint-tmp" / "state").mkdir(parents=True)
+
+  def not_empty(path, *args, **kwargs):
+    raise OSError(errno.ENOTEMPTY, os.strerror(errno.ENOTEMPTY), str(path))
+
+  monkeypatch.setattr(shutil, "rmtree", not_empty)
+  with checkpoint.Checkpointer(str(tmp_path), save_every=1, keep=2) as checkpointer:
+    assert checkpointer.all_steps() == [] and checkpointer.latest_step() is None
+    with pytest.raises(UserError) as error:
+      checkpointer.save(1, make_state(mesh, seed=1))
+      checkpointer.wait()
+  assert "\n" not in str(error.value)
+  assert str(error.value).startswith(f"cannot write checkpoint 1 in {tmp_path}/checkpoints: ")
+
+
 def test_restore_into_a_different_model_is_a_user_error(tmp_path, mesh):
   state = make_state(mesh, seed=3)
   with checkpoint.Checkpointer(str(tmp_path), save_every=1, keep=1) as checkpointer:
