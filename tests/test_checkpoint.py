@@ -155,7 +155,8 @@ def test_half_written_save_is_ignored_and_removed(tmp_path, mesh):
 
 def test_a_leftover_that_cannot_be_removed_fails_the_first_save_not_the_open(
     tmp_path, mesh, monkeypatch):
-  """Opening reads on (leftovers are never read); the first save reports the error, one line."""
+  """Opening still works (leftovers are never read); the first save reports the error in one
+  line."""
   import errno  # pylint: disable=g-import-not-at-top
   (tmp_path / "checkpoints" / "30.orbax-checkpoint-tmp" / "state").mkdir(parents=True)
 
