@@ -34,14 +34,14 @@ RESULTS = os.path.join(common.REPO, "experiments", "results", "toy_sd.md")
 FIGURE = os.path.join("experiments", "results", "toy_sd", "compare_priors.png")
 RENDERS = os.path.join("experiments", "results", "toy_sd", "compare_priors_renders.png")
 PRIORS = ("toy SD", "closed form")
+FOLDERS = {"toy SD": "toy_sd", "closed form": "closed_form"}  # each prior's runs subfolder
 
 
 def runs(steps: int, guidance: float):
-  """{prior: (config file, extra flags, runs subfolder)}."""
+  """{prior: (config file, extra flags)}."""
   return {"toy SD": ("configs/toy_sd.py", [f"--config.train.steps={steps}",
-                                           f"--config.prior.guidance_scale={guidance}"],
-                     "toy_sd"),
-          "closed form": ("configs/toy.py", [f"--config.train.steps={steps}"], "closed_form")}
+                                           f"--config.prior.guidance_scale={guidance}"]),
+          "closed form": ("configs/toy.py", [f"--config.train.steps={steps}"])}
 
 
 def study(objects, seeds, runs_dir: str, *, steps: int, guidance: float,
@@ -55,12 +55,12 @@ def study(objects, seeds, runs_dir: str, *, steps: int, guidance: float,
   scores = {}
   for object_name in objects:
     for seed in seeds:
-      workdirs = {prior: os.path.join(runs_dir, folder, f"{object_name}_seed{seed}")
-                  for prior, (_, _, folder) in prior_runs.items()}
+      workdirs = {prior: os.path.join(runs_dir, FOLDERS[prior], f"{object_name}_seed{seed}")
+                  for prior in prior_runs}
       if finished_only and not all(os.path.isfile(os.path.join(w, common.SECONDS_FILE))
                                    for w in workdirs.values()):
         continue
-      for prior, (config, flags, _) in prior_runs.items():
+      for prior, (config, flags) in prior_runs.items():
         seconds, s, _ = common.distil(config, object_name, seed, workdirs[prior], flags,
                                       quiet=True)
         scores[object_name, seed, prior] = (seconds / 60, s["iou"], s["mask_iou"], s["psnr"])
@@ -101,9 +101,9 @@ def renders_figure(path: str, objects, seed: dict, runs_dir: str, *, frames=(0, 
   rows = []
   for object_name in objects:
     row = []
-    for _, _, folder in runs(steps=0, guidance=0.0).values():  # the folders, in PRIORS order
-      video = iio.imread(os.path.join(runs_dir, folder, f"{object_name}_seed{seed[object_name]}",
-                                      "turntable.mp4"))
+    for prior in PRIORS:
+      workdir = os.path.join(runs_dir, FOLDERS[prior], f"{object_name}_seed{seed[object_name]}")
+      video = iio.imread(os.path.join(workdir, "turntable.mp4"))
       size = video.shape[1]
       row += [video[f, :, :size] for f in frames] + [np.full((size, 4, 3), 255, np.uint8)]
     rows.append(np.concatenate(row, axis=1))

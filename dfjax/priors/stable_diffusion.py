@@ -67,25 +67,26 @@ def deferred_softmax_attention(query, key, value, scale):
   return jnp.transpose(out, (0, 2, 1, 3))
 
 
-def _deferred_softmax_interceptor(next_fun, args, kwargs, context):
+def _deferred_softmax_interceptor(next_fun, args, kwargs, call):
   """A flax method interceptor running diffusers' FlaxAttention with
   `deferred_softmax_attention` (its own projections, weights and dropout); every other
   method runs unchanged."""
   from diffusers.models.attention_flax import FlaxAttention  # pylint: disable=g-import-not-at-top
-  module = context.module
-  if not isinstance(module, FlaxAttention) or context.method_name != "__call__":
+  module = call.module
+  if not isinstance(module, FlaxAttention) or call.method_name != "__call__":
     return next_fun(*args, **kwargs)
-  hidden_states, *rest = args
-  context_states = rest[0] if rest else kwargs.get("context")
-  deterministic = rest[1] if len(rest) > 1 else kwargs.get("deterministic", True)
-  context_states = hidden_states if context_states is None else context_states
-  batch = hidden_states.shape[0]
-  split = lambda x: x.reshape(batch, -1, module.heads, module.dim_head)
-  out = deferred_softmax_attention(split(module.query(hidden_states)),
-                                   split(module.key(context_states)),
-                                   split(module.value(context_states)), module.scale)
-  out = module.proj_attn(out.reshape(batch, -1, module.heads * module.dim_head))
-  return module.dropout_layer(out, deterministic=deterministic)
+
+  def attend(hidden_states, context=None, deterministic=True):  # FlaxAttention.__call__'s
+    context = hidden_states if context is None else context
+    batch = hidden_states.shape[0]
+    split = lambda x: x.reshape(batch, -1, module.heads, module.dim_head)
+    out = deferred_softmax_attention(split(module.query(hidden_states)),
+                                     split(module.key(context)), split(module.value(context)),
+                                     module.scale)
+    out = module.proj_attn(out.reshape(batch, -1, module.heads * module.dim_head))
+    return module.dropout_layer(out, deterministic=deterministic)
+
+  return attend(*args, **kwargs)
 
 
 def attention_scope(attention: str):
