@@ -137,6 +137,10 @@ def loss_config() -> ml_collections.ConfigDict:
   loss.orientation_weight = 1e-2  # final orientation-loss weight
   loss.orientation_weight_start = 1e-4  # annealed linearly up from this ...
   loss.orientation_anneal_steps = 5000  # ... over this many steps
+  # The paper's orientation loss applies to every view, so every view computes normals.
+  # False: albedo-only views skip the loss and, with it, the normals' second pass (as
+  # stable-dreamfusion, whose albedo views compute no normals); a faster albedo-only step.
+  loss.orientation_in_albedo_views = True
   loss.opacity_weight = 1e-3
   return loss
 

@@ -35,19 +35,24 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Samples per ray of each setup with the paper's uniform sampler (configs/toy.py's own
 # before it skipped empty space by default).
 UNIFORM_SAMPLES = {"toy": 32, "bank": 48, "paper": 64}
-# key -> (name in the tables, sampler, samples per ray as a fraction of UNIFORM_SAMPLES).
+# key -> (name in the tables, sampler, samples per ray as a fraction of UNIFORM_SAMPLES,
+# loss.orientation_in_albedo_views: False computes no normals in the albedo-only views that
+# the toy and bank configs train with).
 VARIANTS = {
-    "uniform": ("uniform", "uniform", 1.0),
-    "occupancy": ("occupancy, same samples", "occupancy", 1.0),
-    "occupancy_half": ("occupancy, half the samples", "occupancy", 0.5),
+    "uniform": ("uniform", "uniform", 1.0, True),
+    "occupancy": ("occupancy, same samples", "occupancy", 1.0, True),
+    "occupancy_half": ("occupancy, half the samples", "occupancy", 0.5, True),
+    "occupancy_half_unoriented": ("occupancy, half the samples, no orientation loss in albedo "
+                                  "views", "occupancy", 0.5, False),
 }
 
 
 def overrides(setup: str, key: str) -> dict:
   """The config fields of a variant on a setup."""
-  _, sampler, fraction = VARIANTS[key]
+  _, sampler, fraction, albedo_orientation = VARIANTS[key]
   return {"render.sampler": sampler,
-          "render.num_samples": int(UNIFORM_SAMPLES[setup] * fraction)}
+          "render.num_samples": int(UNIFORM_SAMPLES[setup] * fraction),
+          "loss.orientation_in_albedo_views": albedo_orientation}
 
 
 def apply(config, fields: dict):

@@ -8,7 +8,10 @@
 Setups: toy (configs/toy.py), bank (configs/bank.py's field and samples on the toy bank),
 paper (the paper's field at 64x64 with the closed-form prior) and sd15 (the work of
 stable-dreamfusion's CPU step: SD 1.5's U-Net and VAE with random weights in float32, 64x64
-renders encoded at 512 with the encoder's gradient, guidance 100, a 3x64 field, 96 samples).
+renders encoded at 512 with the encoder's gradient, guidance 100, a 3x64 field, 96 samples;
+the step is timed at step 0, an albedo-only view of the warm-up, with its orientation loss and
+so its normals, as the paper), and sd15_albedo (the same, albedo-only views without the
+orientation loss and so without normals, as stable-dreamfusion's albedo-only step).
 
 Each part is jitted on its own with the shapes one device's view has in the setup (one
 render of R x R rays and S samples per ray), forward and backward as the step runs it:
@@ -92,7 +95,13 @@ def setup_config(name: str):
     config.field.num_blocks, config.field.hidden_units = 3, 64
     config.render.num_samples = 96
     return config
-  raise SystemExit(f"error: unknown setup {name!r}; use toy, bank, paper or sd15")
+  if name == "sd15_albedo":  # the same with albedo-only views, as the issue's first comparison;
+    config = setup_config("sd15")  # no orientation loss in them, as stable-dreamfusion (a
+    config.shading.shaded_prob = 0.0  # dfjax that predates the option keeps both)
+    if "orientation_in_albedo_views" in config.loss:
+      config.loss.orientation_in_albedo_views = False
+    return config
+  raise SystemExit(f"error: unknown setup {name!r}; use toy, bank, paper, sd15 or sd15_albedo")
 
 
 def cost(fn, *args):
@@ -140,7 +149,7 @@ def scene_parts(config, scene, params):
             + losses.opacity_loss(jnp.sum(weights, axis=-1)))
 
   def render(p):
-    out, _ = model_lib.render_view(scene, p, key, jnp.int32(config.shading.albedo_warmup_steps))
+    out = model_lib.render_view(scene, p, key, jnp.int32(config.shading.albedo_warmup_steps))[0]
     return (out.rgb, losses.orientation_loss(out.weights, out.sample_normals, out.directions))
 
   return {
@@ -182,7 +191,7 @@ def step_parts(config, scene, state, prior_params):
 def build(name: str):
   """(config, scene, a fresh TrainState, prior parameters) of a setup."""
   config = setup_config(name)
-  if name == "sd15":
+  if name.startswith("sd15"):
     import bench_prior  # pylint: disable=g-import-not-at-top
     prior = bench_prior.build_prior(bench_prior.SD15_UNET, dtype=config.prior.dtype,
                                     attention=config.prior.get("attention", "dense"))

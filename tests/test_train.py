@@ -10,6 +10,7 @@ from configs import bank as bank_config
 from dfjax.errors import UserError
 from dfjax.priors import bank as bank_lib
 from dfjax.scene import cameras
+from dfjax.scene import shading as shading_lib
 from dfjax.train import loop as train_loop
 from dfjax.train import model as model_lib
 from dfjax.train import step as step_lib
@@ -238,3 +239,67 @@ def test_several_views_per_device_average_the_single_view_gradients(setup, gradi
   single, _ = gradients(state, prior.params, 1)
   _assert_trees_close(single, per_view[0][0], rtol=1e-4, scaled_atol=1e-5)
 
+
+
+def _variant(setup, **changes):
+  """The tiny scene with config fields changed ("section.key": value)."""
+  config, prior, scene, _, _ = setup
+  config = config.copy_and_resolve_references()
+  for name, value in changes.items():
+    section, key = name.split(".")
+    config[section][key] = value
+  return config, model_lib.create_scene(config, prior, camera_kwargs=scene.camera_kwargs)
+
+
+def test_albedo_views_without_the_orientation_loss_render_without_normals(setup):
+  """loss.orientation_in_albedo_views = False: an albedo-only view's gradient is the one of
+  the paper's loss with the orientation weight 0 (its normals are not computed); a lit view's
+  is the paper's; batched views give the mean of their single-view gradients."""
+  _, prior, _, _, state = setup
+  # A large orientation weight from step 0, so that its term shows in the gradients.
+  mixed = {"shading.shaded_prob": 0.5, "shading.albedo_warmup_steps": 0,
+           "loss.orientation_weight": 1.0, "loss.orientation_weight_start": 1.0}
+  config, skipping = _variant(setup, **mixed, **{"loss.orientation_in_albedo_views": False})
+  _, paper = _variant(setup, **mixed)
+  _, unweighted = _variant(setup, **dict(mixed, **{"loss.orientation_weight": 0.0,
+                                                   "loss.orientation_weight_start": 0.0}))
+  reads = jax.jit(lambda key: shading_lib.reads_normals(model_lib.sample_view(
+      skipping, step_lib.split_view_key(key)[0], 0)[1]))
+  lit = lambda device, view: bool(reads(step_lib.view_key(config.seed, 0, device, view)))
+  # A device whose first view is lit and second is not: the batched case below.
+  device = next(d for d in range(32) if lit(d, 0) and not lit(d, 1))
+  lit_key, albedo_key = (step_lib.view_key(config.seed, 0, device, v) for v in range(2))
+  grad_fns = [jax.jit(jax.grad(functools.partial(step_lib.view_loss, scene=scene),
+                               has_aux=True)) for scene in (skipping, paper, unweighted)]
+  skipping, paper, unweighted = range(3)
+  run = lambda which, key: grad_fns[which](state.params, prior.params, key, state.step)
+  albedo, albedo_paper = run(skipping, albedo_key), run(paper, albedo_key)
+  assert float(albedo[1]["loss_orientation"]) == 0.0
+  assert float(albedo_paper[1]["loss_orientation"]) > 0.0
+  _assert_trees_close(albedo[0], run(unweighted, albedo_key)[0], rtol=1e-5, scaled_atol=1e-6)
+  lit_grads, lit_paper = run(skipping, lit_key), run(paper, lit_key)
+  _assert_trees_close(lit_grads[0], lit_paper[0], rtol=1e-5, scaled_atol=1e-6)
+  np.testing.assert_allclose(lit_grads[1]["loss_orientation"],
+                             lit_paper[1]["loss_orientation"], rtol=1e-6)
+  # Both views on one device: one is lit, so both render with normals, and the albedo view's
+  # orientation term is dropped all the same.
+  _, batched = _variant(setup, **mixed, **{"loss.orientation_in_albedo_views": False,
+                                           "train.views_per_device": 2})
+  mean, _ = jax.jit(functools.partial(step_lib.device_gradients, scene=batched))(
+      state, prior.params, device)
+  _assert_trees_close(mean, jax.tree.map(lambda a, b: 0.5 * (a + b), lit_grads[0], albedo[0]),
+                      rtol=1e-4, scaled_atol=1e-5)
+
+
+def test_render_view_chooses_normals_at_run_time(setup):
+  _, _, scene, _, state = setup
+  key = jax.random.PRNGKey(3)
+  render = jax.jit(lambda normals: model_lib.render_view(
+      scene, state.params, key, 0, normals=normals)[0].sample_normals)
+  with_normals, without = render(jnp.bool_(True)), render(jnp.bool_(False))
+  np.testing.assert_array_equal(without, 0.0)
+  norms = np.linalg.norm(np.asarray(with_normals), axis=-1)
+  assert np.mean(np.abs(norms - 1.0) < 1e-4) > 0.9  # unit normals where the density varies
+  np.testing.assert_allclose(
+      with_normals, model_lib.render_view(scene, state.params, key, 0)[0].sample_normals,
+      rtol=1e-5, atol=1e-5)

@@ -72,6 +72,12 @@ def sample_shading(key: jax.Array, light_position: jax.Array, *, albedo_only: ja
                  textureless=textureless.astype(jnp.float32))
 
 
+def reads_normals(shading: Shading) -> jax.Array:
+  """[] bool: whether `shade` reads the normals under this shading (lit and textureless
+  views; an albedo-only view has ℓ_p = 0, and its colour does not depend on them)."""
+  return shading.diffuse != 0
+
+
 def lambertian(albedo: jax.Array, normals: jax.Array, points: jax.Array, *,
                light_position: jax.Array, ambient, diffuse) -> jax.Array:
   """c = ρ ∘ (ℓ_a + ℓ_p · max(0, n · l̂)) (DreamFusion §3.1).

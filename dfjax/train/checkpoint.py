@@ -74,7 +74,7 @@ RESUMABLE_KEYS = ("train.steps", "export.")
 ADDED_FIELDS = {"render.sampler": "uniform", "render.num_candidates": None,
                 "render.grid_resolution": None, "render.grid_every": None,
                 "render.grid_decay": None, "render.grid_threshold": None,
-                "prior.attention": None}
+                "prior.attention": None, "loss.orientation_in_albedo_views": True}
 # config.json is written as a temporary file of this prefix, then renamed.
 _TMP_PREFIX = ".tmp-"
 # How many differing fields the error message names before "and N more".

@@ -136,15 +136,10 @@ def occupied_fn(scene: Scene, grid):
   return lambda points: occupancy_lib.is_occupied(mask, points, bound=r.bound_radius)
 
 
-def render_view(scene: Scene, params, key: jax.Array, step, occupancy=None):
-  """Sample a camera, a light and a shading mode, and render them (App. A.2).
-
-  Args:
-    occupancy: [G, G, G] grid for `render.sampler = "occupancy"`, else None.
-
-  Returns:
-    (RenderOutput [H, W, ...], CameraSample).
-  """
+def sample_view(scene: Scene, key: jax.Array, step):
+  """Sample a camera, a light and a shading mode (App. A.2): (CameraSample, Shading,
+  the render's key). A function of the key and step alone, so the step can read a view's
+  shading before rendering it."""
   config = scene.config
   k_camera, k_light, k_shading, k_render = jax.random.split(key, 4)
   sample = cameras_lib.sample_camera(k_camera, **scene.camera_kwargs)
@@ -154,16 +149,37 @@ def render_view(scene: Scene, params, key: jax.Array, step, occupancy=None):
       k_shading, light, albedo_only=step < config.shading.albedo_warmup_steps,
       shaded_prob=config.shading.shaded_prob, textureless_prob=config.shading.textureless_prob,
       ambient=config.shading.ambient, diffuse=config.shading.diffuse)
-  out = render_lib.render_image(
+  return sample, shading, k_render
+
+
+def render_view(scene: Scene, params, key: jax.Array, step, occupancy=None, *, normals=True):
+  """Sample a camera, a light and a shading mode, and render them (App. A.2).
+
+  Args:
+    occupancy: [G, G, G] grid for `render.sampler = "occupancy"`, else None.
+    normals: True renders with normals by `render.normals`; False without (zero normals,
+      one field evaluation per sample: right only for views that do not read them); a traced
+      bool chooses between the two at run time (`lax.cond`: a real branch unless the
+      predicate is batched by a vmap).
+
+  Returns:
+    (RenderOutput [H, W, ...], CameraSample, Shading).
+  """
+  config = scene.config
+  sample, shading, k_render = sample_view(scene, key, step)
+  render = lambda method: render_lib.render_image(
       sample.camera, key=k_render, chunk=config.render.chunk,
       field_fn=functools.partial(scene.field.apply, params["field"]),
       background_fn=scene.background_fn(params), shading=shading,
       num_samples=config.render.num_samples, num_importance=config.render.num_importance,
       bound_radius=config.render.bound_radius, cov_scale=cov_scale_at(step, config),
-      randomized=True, normals=config.render.normals,
-      occupied_fn=occupied_fn(scene, occupancy),
+      randomized=True, normals=method, occupied_fn=occupied_fn(scene, occupancy),
       num_candidates=config.render.num_candidates)
-  return out, sample
+  if isinstance(normals, bool):
+    out = render(config.render.normals if normals else "none")
+  else:
+    out = jax.lax.cond(normals, lambda: render(config.render.normals), lambda: render("none"))
+  return out, sample, shading
 
 
 def grid_free_samples(config) -> int:

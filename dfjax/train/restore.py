@@ -22,8 +22,9 @@ from dfjax.train import step as step_lib
 def load_run_config(workdir: str) -> ml_collections.ConfigDict:
   """The config a run saved in WORKDIR/config.json.
 
-  Export, render and prior fields added to dfjax after the run was made (the textured
-  formats, the video format, the sampler, the U-Net's attention) are filled in, so older runs
+  Export, render, prior and loss fields added to dfjax after the run was made (the textured
+  formats, the video format, the sampler, the U-Net's attention, the orientation loss's
+  views) are filled in, so older runs
   still export and evaluate: with the value that reproduces what the run did where
   `checkpoint.ADDED_FIELDS` pins one (the sampler), else with the default of
   configs/dreamfusion.py.
@@ -34,7 +35,8 @@ def load_run_config(workdir: str) -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict(json.loads(path.read_text()))
   for section, defaults in (("export", dreamfusion.export_config()),
                             ("render", dreamfusion.render_config()),
-                            ("prior", dreamfusion.prior_config())):
+                            ("prior", dreamfusion.prior_config()),
+                            ("loss", dreamfusion.loss_config())):
     if section not in config:
       continue
     for key, value in defaults.items():

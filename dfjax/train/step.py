@@ -23,6 +23,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from dfjax.priors import sds as sds_lib
 from dfjax.scene import cameras as cameras_lib
 from dfjax.scene import losses
+from dfjax.scene import shading as shading_lib
 from dfjax.train import model as model_lib
 
 
@@ -83,18 +84,36 @@ def view_key(seed: int, step, device_index, view_index):
   return jax.random.fold_in(jax.random.fold_in(key, device_index), view_index)
 
 
-def view_loss(params, prior_params, key: jax.Array, step, occupancy=None, *,
+def split_view_key(key: jax.Array):
+  """A view's key -> (the render's camera, light, shading and samples; the SDS noise)."""
+  return jax.random.split(key)
+
+
+def view_loss(params, prior_params, key: jax.Array, step, occupancy=None, normals=None, *,
               scene: model_lib.Scene):
-  """SDS + regularisers of one sampled view. Returns (loss, metrics dict of scalars)."""
+  """SDS + regularisers of one sampled view. Returns (loss, metrics dict of scalars).
+
+  With `loss.orientation_in_albedo_views` False, an albedo-only view has no orientation term
+  and, when `normals` is None, renders without normals; `normals` (a traced bool) overrides
+  whether they are computed, for views batched together (`device_gradients`).
+  """
   config = scene.config
-  k_view, k_sds = jax.random.split(key)
-  out, sample = model_lib.render_view(scene, params, k_view, step, occupancy)
+  k_view, k_sds = split_view_key(key)
+  every_view = config.loss.orientation_in_albedo_views
+  if every_view:
+    normals = True
+  elif normals is None:
+    normals = shading_lib.reads_normals(model_lib.sample_view(scene, k_view, step)[1])
+  out, sample, shading = model_lib.render_view(scene, params, k_view, step, occupancy,
+                                               normals=normals)
   bucket = cameras_lib.view_bucket(sample.azimuth_deg, sample.elevation_deg)
   sds = sds_lib.score_distillation(
       scene.prior, prior_params, out.rgb[None], bucket[None], k_sds,
       guidance_scale=config.prior.guidance_scale, t_range=tuple(config.prior.t_range),
       weighting=config.prior.weighting)
   orientation = losses.orientation_loss(out.weights, out.sample_normals, out.directions)
+  if not every_view:
+    orientation = jnp.where(shading_lib.reads_normals(shading), orientation, 0.0)
   opacity = losses.opacity_loss(out.accumulated_alpha)
   loss = (sds.loss + model_lib.orientation_weight_at(step, config) * orientation
           + config.loss.opacity_weight * opacity)
@@ -108,18 +127,29 @@ def view_loss(params, prior_params, key: jax.Array, step, occupancy=None, *,
 
 
 def device_gradients(state: TrainState, prior_params, device_index, *, scene: model_lib.Scene):
-  """Mean gradient and metrics of this device's views (`train.views_per_device`)."""
-  views = scene.config.train.views_per_device
+  """Mean gradient and metrics of this device's views (`train.views_per_device`).
+
+  Without the orientation loss in albedo-only views, the device renders its views without
+  normals when none of them is lit or textureless (one branch for all: a predicate per view
+  would be batched by the vmap, and both renders would run).
+  """
+  config = scene.config
+  views = config.train.views_per_device
   grad_fn = jax.grad(functools.partial(view_loss, scene=scene), has_aux=True)
   if views == 1:
     # The paper's one view per chip, and every shipped config: no batch axis. Under a vmap of
     # size 1 XLA:CPU ran the same FLOPs and bytes 1.2-1.4x slower (experiments/compare_step.py).
-    key = view_key(scene.config.seed, state.step, device_index, 0)
+    key = view_key(config.seed, state.step, device_index, 0)
     return grad_fn(state.params, prior_params, key, state.step, state.occupancy)
-  keys = jax.vmap(lambda v: view_key(scene.config.seed, state.step, device_index, v))(
+  keys = jax.vmap(lambda v: view_key(config.seed, state.step, device_index, v))(
       jnp.arange(views))
-  grads, metrics = jax.vmap(grad_fn, in_axes=(None, None, 0, None, None))(
-      state.params, prior_params, keys, state.step, state.occupancy)
+  normals = None
+  if not config.loss.orientation_in_albedo_views:
+    shading = jax.vmap(lambda k: model_lib.sample_view(
+        scene, split_view_key(k)[0], state.step)[1])(keys)
+    normals = jnp.any(shading_lib.reads_normals(shading))
+  grads, metrics = jax.vmap(grad_fn, in_axes=(None, None, 0, None, None, None))(
+      state.params, prior_params, keys, state.step, state.occupancy, normals)
   return jax.tree.map(lambda g: jnp.mean(g, axis=0), (grads, metrics))
 
 
