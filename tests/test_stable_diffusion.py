@@ -5,6 +5,7 @@ must reproduce their outputs), the closed form of the v-parametrisation, and the
 the SDS gradient (it must reach the renders through the VAE but never build a U-Net backward
 pass).
 """
+import itertools
 import os
 import shutil
 
@@ -233,14 +234,15 @@ def test_the_default_attention_runs_through_deferred_softmax(safetensors_prior, 
                          [(jnp.float32, 6.0, 1e-4), (jnp.bfloat16, 1.0, 2e-2)])
 def test_deferred_softmax_attention_is_jax_attention(dtype, spread, tolerance):
   """Self- and cross-attention shapes (keys unlike queries; in float32, scores past 88, where
-  exp overflows without the max subtracted) against jax.nn.dot_product_attention in float32."""
+  exp overflows without the max subtracted) against jax.nn.dot_product_attention in float32;
+  all queries at once, in blocks of 8 (three), and with a block that does not divide them."""
   rng = np.random.default_rng(0)
-  for queries, keys in ((24, 24), (24, 7)):
+  for (queries, keys), block in itertools.product(((24, 24), (24, 7)), (None, 8, 5)):
     q, k, v = (jnp.asarray(rng.normal(scale=spread, size=(2, n, 4, 8)), jnp.float32)
                for n in (queries, keys, keys))
     expected = jax.nn.dot_product_attention(q, k, v, scale=8 ** -0.5)
     got = stable_diffusion.deferred_softmax_attention(
-        q.astype(dtype), k.astype(dtype), v.astype(dtype), 8 ** -0.5)
+        q.astype(dtype), k.astype(dtype), v.astype(dtype), 8 ** -0.5, query_block=block)
     assert got.shape == expected.shape and got.dtype == dtype
     np.testing.assert_allclose(np.asarray(got, np.float32), expected,
                                atol=tolerance * 4, rtol=tolerance)
