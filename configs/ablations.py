@@ -97,5 +97,8 @@ def apply_overrides(config: ml_collections.ConfigDict, fields: dict) -> None:
 def get_config(arg=None) -> ml_collections.ConfigDict:
   arm, bank = parse_arm(arg)
   config = toy_sd.get_config() if bank in LEARNED_PRIOR_BANKS else toy.get_config()
+  # The paper's orientation loss in every view, as the recorded studies ran (configs/toy.py
+  # drops it in albedo-only views, for speed).
+  config.loss.orientation_in_albedo_views = True
   apply_overrides(config, overrides(arm, bank))
   return config

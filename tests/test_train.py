@@ -258,8 +258,9 @@ def test_albedo_views_without_the_orientation_loss_render_without_normals(setup)
   _, prior, _, _, state = setup
   # A large orientation weight from step 0, so that its term shows in the gradients.
   mixed = {"shading.shaded_prob": 0.5, "shading.albedo_warmup_steps": 0,
-           "loss.orientation_weight": 1.0, "loss.orientation_weight_start": 1.0}
-  config, skipping = _variant(setup, **mixed, **{"loss.orientation_in_albedo_views": False})
+           "loss.orientation_weight": 1.0, "loss.orientation_weight_start": 1.0,
+           "loss.orientation_in_albedo_views": True}
+  config, skipping = _variant(setup, **dict(mixed, **{"loss.orientation_in_albedo_views": False}))
   _, paper = _variant(setup, **mixed)
   _, unweighted = _variant(setup, **dict(mixed, **{"loss.orientation_weight": 0.0,
                                                    "loss.orientation_weight_start": 0.0}))
@@ -283,8 +284,8 @@ def test_albedo_views_without_the_orientation_loss_render_without_normals(setup)
                              lit_paper[1]["loss_orientation"], rtol=1e-6)
   # Both views on one device: one is lit, so both render with normals, and the albedo view's
   # orientation term is dropped all the same.
-  _, batched = _variant(setup, **mixed, **{"loss.orientation_in_albedo_views": False,
-                                           "train.views_per_device": 2})
+  _, batched = _variant(setup, **dict(mixed, **{"loss.orientation_in_albedo_views": False,
+                                                "train.views_per_device": 2}))
   mean, _ = jax.jit(functools.partial(step_lib.device_gradients, scene=batched))(
       state, prior.params, device)
   _assert_trees_close(mean, jax.tree.map(lambda a, b: 0.5 * (a + b), lit_grads[0], albedo[0]),
