@@ -65,6 +65,11 @@ BANKS = {
 # configs/toy.py (a closed-form bank prior).
 LEARNED_PRIOR_BANKS = ("toy_sd",)
 
+# Fields every arm takes from the paper where configs/toy.py departs from it for speed: the
+# orientation loss in every view, as the recorded studies ran (configs/toy.py drops it in
+# albedo-only views).
+PAPER_FIELDS = {"loss.orientation_in_albedo_views": True}
+
 DEFAULT_BANK = {"no_view_dependence": "front_biased", "no_lighting": "lambertian",
                 "no_textureless": "lambertian"}
 
@@ -97,8 +102,5 @@ def apply_overrides(config: ml_collections.ConfigDict, fields: dict) -> None:
 def get_config(arg=None) -> ml_collections.ConfigDict:
   arm, bank = parse_arm(arg)
   config = toy_sd.get_config() if bank in LEARNED_PRIOR_BANKS else toy.get_config()
-  # The paper's orientation loss in every view, as the recorded studies ran (configs/toy.py
-  # drops it in albedo-only views, for speed).
-  config.loss.orientation_in_albedo_views = True
-  apply_overrides(config, overrides(arm, bank))
+  apply_overrides(config, dict(PAPER_FIELDS, **overrides(arm, bank)))
   return config

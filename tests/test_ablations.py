@@ -53,10 +53,13 @@ def test_each_arm_differs_from_the_full_method_only_in_its_own_fields(arm, bank)
   for name, value in ablations.ARMS[arm].items():
     assert config[name] == value
   # And the full method on a bank differs from configs/toy.py (configs/toy_sd.py for the
-  # learned prior) only in the bank's fields.
+  # learned prior) only in the bank's fields and the paper's where toy.py departs from it.
   from configs import toy_sd  # pylint: disable=g-import-not-at-top
   toy = flatten((toy_sd if bank in ablations.LEARNED_PRIOR_BANKS else toy_config).get_config())
-  assert {name for name in toy if toy[name] != base[name]} <= set(ablations.BANKS[bank])
+  assert {name for name in toy if toy[name] != base[name]} <= (
+      set(ablations.BANKS[bank]) | set(ablations.PAPER_FIELDS))
+  for name, value in ablations.PAPER_FIELDS.items():
+    assert base[name] == value
   config_checks.check_config(ablations.get_config(f"{arm},{bank}"))
 
 
