@@ -45,7 +45,7 @@ ATTENTION = {"deferred_softmax": {}, "dense": {}, "split_heads": {"split_head_di
 
 
 # Queries per block of `deferred_softmax_attention` on a CPU: a 64x64 latent's 4096 tokens in
-# 8 blocks. The SD 1.5-size train step ran 2-4 s faster so (experiments/results/bench.md).
+# 8 blocks. The SD 1.5-size train step ran 29.9 -> 25.3 s so, alternating (bench.md).
 CPU_QUERY_BLOCK = 512
 
 
