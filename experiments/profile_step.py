@@ -149,7 +149,7 @@ def scene_parts(config, scene, params):
             + losses.opacity_loss(jnp.sum(weights, axis=-1)))
 
   def render(p):
-    out = model_lib.render_view(scene, p, key, jnp.int32(config.shading.albedo_warmup_steps))[0]
+    out, _ = model_lib.render_view(scene, p, key, jnp.int32(config.shading.albedo_warmup_steps))
     return (out.rgb, losses.orientation_loss(out.weights, out.sample_normals, out.directions))
 
   return {

@@ -152,8 +152,9 @@ def sample_view(scene: Scene, key: jax.Array, step):
   return sample, shading, k_render
 
 
-def render_view(scene: Scene, params, key: jax.Array, step, occupancy=None, *, normals=True):
-  """Sample a camera, a light and a shading mode, and render them (App. A.2).
+def render_sampled(scene: Scene, params, sample, shading, key: jax.Array, step, occupancy=None,
+                   *, normals=True):
+  """Render a view drawn by `sample_view` (its CameraSample, Shading and render key).
 
   Args:
     occupancy: [G, G, G] grid for `render.sampler = "occupancy"`, else None.
@@ -163,12 +164,11 @@ def render_view(scene: Scene, params, key: jax.Array, step, occupancy=None, *, n
       predicate is batched by a vmap).
 
   Returns:
-    (RenderOutput [H, W, ...], CameraSample, Shading).
+    RenderOutput [H, W, ...].
   """
   config = scene.config
-  sample, shading, k_render = sample_view(scene, key, step)
   render = lambda method: render_lib.render_image(
-      sample.camera, key=k_render, chunk=config.render.chunk,
+      sample.camera, key=key, chunk=config.render.chunk,
       field_fn=functools.partial(scene.field.apply, params["field"]),
       background_fn=scene.background_fn(params), shading=shading,
       num_samples=config.render.num_samples, num_importance=config.render.num_importance,
@@ -176,10 +176,20 @@ def render_view(scene: Scene, params, key: jax.Array, step, occupancy=None, *, n
       randomized=True, normals=method, occupied_fn=occupied_fn(scene, occupancy),
       num_candidates=config.render.num_candidates)
   if isinstance(normals, bool):
-    out = render(config.render.normals if normals else "none")
-  else:
-    out = jax.lax.cond(normals, lambda: render(config.render.normals), lambda: render("none"))
-  return out, sample, shading
+    return render(config.render.normals if normals else "none")
+  return jax.lax.cond(normals, lambda: render(config.render.normals), lambda: render("none"))
+
+
+def render_view(scene: Scene, params, key: jax.Array, step, occupancy=None, *, normals=True):
+  """Sample a camera, a light and a shading mode, and render them (App. A.2): `sample_view`
+  then `render_sampled` (see its arguments).
+
+  Returns:
+    (RenderOutput [H, W, ...], CameraSample).
+  """
+  sample, shading, k_render = sample_view(scene, key, step)
+  return render_sampled(scene, params, sample, shading, k_render, step, occupancy,
+                        normals=normals), sample
 
 
 def grid_free_samples(config) -> int:

@@ -99,13 +99,14 @@ def view_loss(params, prior_params, key: jax.Array, step, occupancy=None, normal
   """
   config = scene.config
   k_view, k_sds = split_view_key(key)
+  sample, shading, k_render = model_lib.sample_view(scene, k_view, step)
   every_view = config.loss.orientation_in_albedo_views
   if every_view:
     normals = True
   elif normals is None:
-    normals = shading_lib.reads_normals(model_lib.sample_view(scene, k_view, step)[1])
-  out, sample, shading = model_lib.render_view(scene, params, k_view, step, occupancy,
-                                               normals=normals)
+    normals = shading_lib.reads_normals(shading)
+  out = model_lib.render_sampled(scene, params, sample, shading, k_render, step, occupancy,
+                                 normals=normals)
   bucket = cameras_lib.view_bucket(sample.azimuth_deg, sample.elevation_deg)
   sds = sds_lib.score_distillation(
       scene.prior, prior_params, out.rgb[None], bucket[None], k_sds,
