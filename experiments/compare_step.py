@@ -8,9 +8,10 @@ train step (`train.step.make_train_step`, the state copied before each call sinc
 donates it) for each setup in the old tree and then in this one, each in a fresh process
 with the persistent compilation cache off. Alternating keeps a drifting machine load from
 favouring either side. Setups are profile_step.py's (toy, bank, paper, sd15,
-sd15_albedo); REV must have this package layout (dfjax.train.step). This checkout's processes run with glibc's huge
-pages, as its commands do (dfjax/cli.py), the old tree's without them unless
---old_huge_pages, so the table is what a user of either command line gets. Prints a table with
+sd15_albedo); REV must have this package layout (dfjax.train.step). This checkout's
+processes run with glibc's huge pages, as its commands do (dfjax/cli.py), the old tree's
+without them unless --old_huge_pages, so the table is what a user of either command line
+gets. Prints a table with
 the medians, XLA's FLOPs and bytes of each step, and appends it to
 experiments/results/bench.md.
 """
