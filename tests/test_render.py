@@ -281,3 +281,22 @@ def test_a_ray_that_misses_the_sphere_from_outside_renders_the_background_withou
   np.testing.assert_array_equal(np.asarray(out.rgb), [[1.0, 1.0, 1.0]])  # the background
   assert float(out.accumulated_alpha[0]) == 0.0 and float(out.depth[0]) == 0.0
   assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grads))
+
+
+def test_the_field_evaluates_each_point_alone_whatever_the_batch_shape():
+  # The field flattens its points into one batch for speed; each output must still be its own
+  # point's, in the input's shape, and so must the normals taken through it.
+  nerf = field.NeRFField(num_blocks=2, hidden_units=16, max_deg=4)
+  means = jax.random.uniform(jax.random.PRNGKey(0), (2, 4, 3), minval=-0.6, maxval=0.6)
+  cov = jax.random.uniform(jax.random.PRNGKey(1), (2, 4, 3), minval=1e-4, maxval=1e-2)
+  params = nerf.init(jax.random.PRNGKey(2), means[0, :1], cov[0, :1])
+  field_fn = functools.partial(nerf.apply, params)
+  density, albedo, normals = field.density_normals(field_fn, means, cov)
+  assert density.shape == (2, 4) and albedo.shape == normals.shape == (2, 4, 3)
+  for i in range(2):
+    for j in range(4):
+      one = field.density_normals(field_fn, means[i, j], cov[i, j])  # a single point, shape [3]
+      assert one[0].shape == () and one[1].shape == one[2].shape == (3,)
+      np.testing.assert_allclose(density[i, j], one[0], rtol=1e-5)
+      np.testing.assert_allclose(albedo[i, j], one[1], rtol=1e-5)
+      np.testing.assert_allclose(normals[i, j], one[2], atol=1e-5)
