@@ -32,7 +32,6 @@ The table is printed and appended to experiments/results/bench.md with the machi
 import argparse
 import datetime
 import os
-import statistics
 import sys
 import time
 
@@ -171,15 +170,11 @@ def time_alternately(jobs, *, repeats):
   Returns:
     the row dicts with compile_s, gflops and seconds (median over the rounds) added.
   """
-  times = [[] for _ in jobs]
-  for round_index in range(repeats + 1):
-    for i, (_, compiled, args, _, _) in enumerate(jobs):
-      start = time.perf_counter()
-      jax.block_until_ready(compiled(*args))
-      if round_index:
-        times[i].append(time.perf_counter() - start)
-  return [dict(row, compile_s=compile_s, gflops=gflops, seconds=statistics.median(t))
-          for (row, _, _, compile_s, gflops), t in zip(jobs, times)]
+  seconds = common.time_alternately(
+      {i: lambda compiled=compiled, args=args: jax.block_until_ready(compiled(*args))
+       for i, (_, compiled, args, _, _) in enumerate(jobs)}, rounds=repeats)
+  return [dict(row, compile_s=compile_s, gflops=gflops, seconds=seconds[i])
+          for i, (row, _, _, compile_s, gflops) in enumerate(jobs)]
 
 
 def format_table(rows):

@@ -2,6 +2,7 @@
 import datetime
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -33,6 +34,23 @@ def time_call(fn, *args, repeats: int = 5):
     jax.block_until_ready(fn(*args))
     times.append(time.perf_counter() - start)
   return compile_seconds, sorted(times)[len(times) // 2]
+
+
+def time_alternately(calls: dict, *, rounds: int, progress: bool = False) -> dict:
+  """{name: median seconds}: every call once a round, round after round, after one untimed
+  warm-up round, so a drifting machine load favours none. Each call takes no arguments and
+  returns once its work is done (block on jax results inside it)."""
+  times = {name: [] for name in calls}
+  for round_index in range(rounds + 1):
+    for name, call in calls.items():
+      start = time.perf_counter()
+      call()
+      seconds = time.perf_counter() - start
+      if round_index:
+        times[name].append(seconds)
+      if progress:
+        print(f"round {round_index} {name}: {seconds:.1f} s", flush=True)
+  return {name: statistics.median(t) for name, t in times.items()}
 
 
 def append_table(title: str, header, rows, *, command: str, results: str = RESULTS) -> str:

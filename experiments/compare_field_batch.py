@@ -5,17 +5,17 @@
 NeRFField.__call__ reshapes its points to [N, 3] before the MLP (dfjax/scene/field.py); the
 layout before it kept the [rays, samples] axes, which XLA:CPU ran about 3x slower in the paper
 setup's second-order normal pass. This script compiles one device's train step
-(profile_step.py's setups) with each layout in the same process, then calls the two in turn,
-round after round, each on a fresh copy of the state (the step donates it), and prints the
-medians. One process and alternation keep the machine's drift and the first calls' page
-faults (glibc's huge pages, dfjax/cli.py) out of the comparison. Appends its table to
+(profile_step.py's setups) with each layout in the same process, on the same parameters, then
+calls the two in turn, round after round after a warm-up round, each on a fresh copy of the
+state (the step donates it), and prints the medians. One process and alternation keep the
+machine's drift and the first calls' page faults (glibc's huge pages, dfjax/cli.py) out of the
+comparison. Appends its table to
 experiments/results/bench.md.
 """
 import argparse
+import dataclasses
 import os
-import statistics
 import sys
-import time
 
 import flax.linen as nn
 import jax
@@ -46,18 +46,6 @@ class BatchedAxesField(field_lib.NeRFField):
     return density, nn.sigmoid(raw[..., 1:])
 
 
-def compiled_step(setup: str, field_class):
-  """(compiled train step, state, other arguments) of `setup` built with `field_class`."""
-  flat = field_lib.NeRFField
-  field_lib.NeRFField = field_class  # dfjax/train/model.py builds the field from the module
-  try:
-    config, scene, state, prior_params = profile_step.build(setup)
-    fn, (state, *rest) = profile_step.step_parts(config, scene, state, prior_params)["step"]
-    return fn.lower(state, *rest).compile(), state, rest
-  finally:
-    field_lib.NeRFField = flat
-
-
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--setups", default="toy,bank,paper")
@@ -65,19 +53,24 @@ def main():
   args = parser.parse_args()
   rows = []
   for setup in args.setups.split(","):
-    steps = {"flat [N, 3]": compiled_step(setup, field_lib.NeRFField),
-             "[rays, samples, 3]": compiled_step(setup, BatchedAxesField)}
-    times = {name: [] for name in steps}
-    for _ in range(args.rounds):
-      for name, (compiled, state, rest) in steps.items():
-        fresh = jax.block_until_ready(jax.tree.map(jnp.copy, state))
-        start = time.perf_counter()
-        jax.block_until_ready(compiled(fresh, *rest))
-        times[name].append(time.perf_counter() - start)
-    flat, batched = (statistics.median(times[name]) * 1e3 for name in steps)
+    config, scene, state, prior_params = profile_step.build(setup)
+    # The same field and parameters, the MLP given the points' [rays, samples] axes as they come.
+    batched = BatchedAxesField(**{f.name: getattr(scene.field, f.name)
+                                  for f in dataclasses.fields(scene.field)
+                                  if f.init and f.name not in ("parent", "name")})
+    calls = {}
+    for name, field in (("flat", scene.field), ("batched", batched)):
+      fn, (state, *rest) = profile_step.step_parts(
+          config, dataclasses.replace(scene, field=field), state, prior_params)["step"]
+      compiled = fn.lower(state, *rest).compile()
+      # A fresh copy of the state for every call, as profile_step.py times it: the step donates.
+      calls[name] = lambda compiled=compiled, state=state, rest=rest: jax.block_until_ready(
+          compiled(jax.tree.map(jnp.copy, state), *rest))
+    seconds = common.time_alternately(calls, rounds=args.rounds)
+    flat, batched = seconds["flat"] * 1e3, seconds["batched"] * 1e3
     rows.append([setup, f"{batched:.1f}", f"{flat:.1f}", f"{batched / flat:.2f}x"])
     print(rows[-1], flush=True)
-    del steps
+    del calls
   common.append_table(
       "The field's points as one flat batch against [rays, samples], one process, alternating",
       ["setup", "[rays, samples, 3] ms", "flat [N, 3] ms", "speed-up"], rows,

@@ -32,10 +32,8 @@ import argparse
 import gc
 import importlib.util
 import os
-import statistics
 import subprocess
 import sys
-import time
 
 import jax
 
@@ -114,19 +112,6 @@ def dfjax_pieces():
   return calls, attention
 
 
-def time_alternately(calls, *, rounds: int):
-  """{name: [seconds of each timed call]}: every call once a round, after a warm-up round."""
-  times = {name: [] for name in calls}
-  for round_index in range(rounds + 1):
-    for name, call in calls.items():
-      start = time.perf_counter()
-      call()
-      if round_index:
-        times[name].append(time.perf_counter() - start)
-      print(f"round {round_index} {name}: {time.perf_counter() - start:.1f} s", flush=True)
-  return times
-
-
 STEP_TIMER = """
 import sys
 sys.path.insert(0, sys.argv[1])
@@ -159,8 +144,7 @@ def main():
   calls = {}
   for piece in PIECES:
     calls["torch " + piece], calls["dfjax " + piece] = theirs[piece], ours[piece]
-  times = {name: statistics.median(t)
-           for name, t in time_alternately(calls, rounds=args.rounds).items()}
+  times = common.time_alternately(calls, rounds=args.rounds, progress=True)
   del theirs, ours, calls
   gc.collect()
   rows = [[piece, f"{times['torch ' + piece]:.1f}", f"{times['dfjax ' + piece]:.1f}",
