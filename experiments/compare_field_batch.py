@@ -9,8 +9,7 @@ setup's second-order normal pass. This script compiles one device's train step
 calls the two in turn, round after round after a warm-up round, each on a fresh copy of the
 state (the step donates it), and prints the medians. One process and alternation keep the
 machine's drift and the first calls' page faults (glibc's huge pages, dfjax/cli.py) out of the
-comparison. Appends its table to
-experiments/results/bench.md.
+comparison. Appends its table to experiments/results/bench.md.
 """
 import argparse
 import dataclasses
@@ -67,8 +66,8 @@ def main():
       calls[name] = lambda compiled=compiled, state=state, rest=rest: jax.block_until_ready(
           compiled(jax.tree.map(jnp.copy, state), *rest))
     seconds = common.time_alternately(calls, rounds=args.rounds)
-    flat, batched = seconds["flat"] * 1e3, seconds["batched"] * 1e3
-    rows.append([setup, f"{batched:.1f}", f"{flat:.1f}", f"{batched / flat:.2f}x"])
+    flat_ms, batched_ms = seconds["flat"] * 1e3, seconds["batched"] * 1e3
+    rows.append([setup, f"{batched_ms:.1f}", f"{flat_ms:.1f}", f"{batched_ms / flat_ms:.2f}x"])
     print(rows[-1], flush=True)
     del calls
   common.append_table(
